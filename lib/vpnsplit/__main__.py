@@ -1,0 +1,5 @@
+import sys
+
+from vpnsplit.cli import main
+
+sys.exit(main())

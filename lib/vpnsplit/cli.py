@@ -1,0 +1,138 @@
+"""The `vpnsplit` command: re-apply or remove a tunnel by hand, and see what the kernel holds."""
+
+import argparse
+import json
+import logging
+import sys
+
+from vpnsplit import engine, runner, state
+from vpnsplit.errors import InputError
+
+log = logging.getLogger("vpnsplit")
+
+EXIT_DRIFT = 3
+
+DESCRIPTION = """\
+Split routing for OpenVPN and WireGuard: only traffic sourced from the tunnel's address
+(or from a fixed alias, SNAT-ed to it) goes through the tunnel; the host keeps its own
+default route. The VPN client runs the hooks (/usr/lib/vpnsplit/up, down, wg-up, wg-down);
+this command is for people: re-apply after fixing a failure, remove, inspect.
+"""
+
+EPILOG = """\
+examples:
+  vpnsplit up provider          re-apply tunnel 'provider' from the recorded lease (or its device)
+  vpnsplit down provider        remove it, keeping the strict fail-closed routes
+  vpnsplit status --json        what should be in the kernel, and what is
+  vpnsplit check                exit 3 if the kernel drifted from the recorded state
+
+exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
+2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
+environment: VPNSPLIT_CONFIG (config path), VPNSPLIT_STATE_DIR (default /run/vpnsplit),
+VPNSPLIT_LOCK_TIMEOUT (seconds, default 30), VPNSPLIT_DEBUG=1 (tracebacks).
+"""
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="vpnsplit", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", metavar="PATH", help="config file (default: $VPNSPLIT_CONFIG, else /etc/vpnsplit/vpnsplit.toml)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up = sub.add_parser("up", help="apply a tunnel's routes, rules, alias and NAT (idempotent)")
+    up.add_argument("name", metavar="NAME", help="tunnel name: the NAME of [tunnel.NAME]")
+    down = sub.add_parser("down", help="remove what up applied (the strict fail-closed routes stay)")
+    down.add_argument("name", metavar="NAME")
+    for cmd, text in (("status", "show, per tunnel, what should be in the kernel and what is"), ("check", "exit 3 when the kernel differs from the recorded state")):
+        s = sub.add_parser(cmd, help=text)
+        s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def cmd_up(args, cfg):
+    tunnel = cfg.tunnel(args.name, "vpnsplit up")
+    with runner.session() as (kernel, statedir):
+        lease = _current_lease(kernel, statedir, tunnel)
+        changes = engine.up(kernel, statedir, tunnel, lease)
+    log.info("tunnel %s up on %s: %s", tunnel.name, tunnel.device, f"{len(changes)} change(s)" if changes else "already in place")
+
+
+def _current_lease(kernel, statedir, tunnel):
+    """The recorded lease if the device still carries it, else what the device carries now."""
+    if kernel.nl.link_index(tunnel.device) is None:
+        raise InputError(f"vpnsplit up {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
+    recorded = statedir.load_quiet(tunnel.name)
+    live = kernel.lease_from_device(tunnel)
+    if recorded and [a.ip for a in recorded.locals] == [a.ip for a in live.locals]:
+        return recorded
+    if recorded:
+        log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
+                    " ".join(map(str, live.locals)), " ".join(map(str, recorded.locals)))
+    return live
+
+
+def cmd_down(args, cfg):
+    tunnel = cfg.tunnel(args.name, "vpnsplit down")
+    with runner.session() as (kernel, statedir):
+        changes = engine.down(kernel, statedir, tunnel)
+    log.info("tunnel %s down: %s", tunnel.name, f"{len(changes)} change(s)" if changes else "nothing to remove")
+
+
+def _reports(args, cfg):
+    names = [cfg.tunnel(args.name, f"vpnsplit {args.command}").name] if args.name else list(cfg.tunnels)
+    from vpnsplit.engine import Kernel
+
+    statedir = state.StateDir(state.dir_from())
+    kernel = Kernel()
+    try:
+        return [engine.status(kernel, statedir, cfg.tunnels[n]) for n in names]
+    finally:
+        kernel.close()
+
+
+def cmd_status(args, cfg):
+    reports = _reports(args, cfg)
+    if args.json:
+        json.dump({"tunnels": reports}, sys.stdout, indent=2)
+        print()
+    else:
+        for r in reports:
+            print(_describe(r))
+    return 0
+
+
+def cmd_check(args, cfg):
+    reports = _reports(args, cfg)
+    if args.json:
+        json.dump({"in_sync": all(r["in_sync"] for r in reports), "tunnels": {r["tunnel"]: r["problems"] for r in reports}}, sys.stdout, indent=2)
+        print()
+    for r in reports:
+        for p in r["problems"]:
+            log.warning("tunnel %s: %s", r["tunnel"], p)
+    return 0 if all(r["in_sync"] for r in reports) else EXIT_DRIFT
+
+
+def _describe(r):
+    lease = r["lease"]
+    where = f"{r['state']} on {r['device']}" + ("" if r["device_present"] else " (device absent)")
+    if lease:
+        where += " " + " ".join(a for a in (lease["local4"], lease["local6"]) if a) + f" since {r['recorded_at']}"
+    aliases = " ".join(a for a in (r["alias"], r["alias6"]) if a)
+    head = f"{r['tunnel']}: {where}; table {r['table']}, priority {r['priority']}"
+    head += f", alias {aliases} on {r['alias_device']}" if aliases else ""
+    head += ", strict" if r["strict"] else ""
+    lines = [head]
+    lines += [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]]
+    lines += [f"  STALE    {s}" for s in r["stale"]]
+    lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
+    lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    runner.setup_logging("vpnsplit", quiet=args.quiet)
+    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check}[args.command]
+    return runner.guarded(lambda: command(args, runner.load_config(args.config)))

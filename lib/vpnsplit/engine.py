@@ -1,0 +1,212 @@
+"""up, down and status for one tunnel: plan, diff against the kernel, apply with rollback.
+
+Each command is one linear story under the lock: plan the desired state, observe what
+vpnsplit owns in the kernel, turn the difference into steps that each carry their undo,
+run them in a leak-safe order, and record the lease last. If a step fails, every step
+this run made is undone in reverse and the error names the step.
+"""
+
+import dataclasses
+import logging
+import os
+import signal
+
+from vpnsplit import plan
+from vpnsplit.errors import InputError, KernelError
+from vpnsplit.lease import Lease
+
+log = logging.getLogger("vpnsplit")
+
+
+@dataclasses.dataclass
+class Step:
+    name: str
+    do: object  # () -> bool: True if it changed something (so there is something to undo)
+    undo: object  # () -> None
+
+
+class Kernel:
+    """The two backends of one run: a netlink socket and, on first use, libnftables."""
+
+    def __init__(self):
+        from vpnsplit.netlink import Netlink
+
+        self.nl = Netlink()
+        self._nat = None
+
+    @property
+    def nat(self):
+        if self._nat is None:
+            from vpnsplit.nat import NatTable
+
+            self._nat = NatTable()
+        return self._nat
+
+    def close(self):
+        self.nl.close()
+
+    def observe(self, tunnel):
+        """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
+        rules = frozenset(r for r in self.nl.dump_rules() if r.table == tunnel.table)
+        routes, foreign = self.nl.table_routes(tunnel.table)
+        wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
+        addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
+        intact, elements = self.nat.observe()
+        aliases = {str(a) for a in (tunnel.alias, tunnel.alias6) if a}
+        snats = frozenset(s for s in elements if s.alias in aliases or s.device == tunnel.device)
+        state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, snats=snats)
+        return state, foreign, (intact, frozenset(elements))
+
+    def lease_from_device(self, tunnel):
+        """Read the tunnel's lease off its device (wg-quick passes nothing else)."""
+        v4, v6 = self.nl.device_addresses(tunnel.device)
+        if v4 is None and v6 is None:
+            raise InputError(f"tunnel {tunnel.name}: device {tunnel.device} has no global address")
+        dev_type = "tap" if self.nl.is_ethernet(tunnel.device) else "tun"
+        return Lease(device=tunnel.device, dev_type=dev_type, local4=v4, local6=v6)
+
+
+def _steps(kernel, d, nat_view, desired):
+    """The steps that turn the observed state into the desired one, in leak-safe order.
+
+    Routes (the strict unreachable first) and aliases come before the NAT entry, which
+    comes before the rules that steer traffic into the table; removals come last, so a
+    restart with a new address never has a moment with neither old nor new rule.
+    """
+    nl = kernel.nl
+    steps = []
+    for r in sorted(d.add.routes, key=lambda r: (r.type != "unreachable", r)):
+        steps.append(Step(f"add {r}", lambda r=r: nl.add_route(r), lambda r=r: nl.del_route(r)))
+    for a in sorted(d.add.addresses):
+        steps.append(Step(f"add {a}", lambda a=a: nl.add_address(a), lambda a=a: nl.del_address(a)))
+    intact, everything = nat_view
+    if d.add.snats or d.remove.snats or (desired.snats and not intact):
+        undo = []
+        what = ", ".join(map(str, sorted(d.add.snats))) or "repair"
+        gone = ", ".join(map(str, sorted(d.remove.snats)))
+        name = f"nft batch in table inet vpnsplit (add {what}" + (f"; remove {gone})" if gone else ")")
+
+        def nat_do():
+            undo[:] = kernel.nat.change(d.add.snats, d.remove.snats, intact, everything)
+            return True
+
+        steps.append(Step(name, nat_do, lambda: kernel.nat.run(undo)))
+    for r in sorted(d.add.rules):
+        steps.append(Step(f"add {r}", lambda r=r: nl.add_rule(r), lambda r=r: nl.del_rule(r)))
+    for r in sorted(d.remove.rules):
+        steps.append(Step(f"delete {r}", lambda r=r: nl.del_rule(r), lambda r=r: nl.add_rule(r)))
+    for r in sorted(d.remove.routes, key=lambda r: (r.type == "unreachable", r)):
+        steps.append(Step(f"delete {r}", lambda r=r: nl.del_route(r), lambda r=r: nl.add_route(r)))
+    for a in sorted(d.remove.addresses):
+        steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
+    return steps
+
+
+def run_steps(steps):
+    """Run *steps* in order; on the first failure undo what ran, newest first, and raise.
+
+    VPNSPLIT_TEST_KILL_AFTER=N makes the process SIGKILL itself after its N-th step: the
+    crash-consistency tests use it to stop a run at every step in turn.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from vpnsplit.nat import NftError
+    from vpnsplit.state import StateError
+
+    kill_after = int(os.environ.get("VPNSPLIT_TEST_KILL_AFTER", "0") or 0)
+    done = []
+    for n, step in enumerate(steps, 1):
+        try:
+            changed = step.do()
+        except (NetlinkError, NftError, StateError, OSError) as e:
+            reason = e.args[1] if isinstance(e, NetlinkError) and len(e.args) > 1 else str(e)
+            rolled = _rollback(done)
+            raise KernelError(f"step {n}/{len(steps)} '{step.name}' failed: {reason}; {rolled}") from None
+        if changed:
+            log.info("%s", step.name)
+            done.append(step)
+        if n == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return [s.name for s in done]
+
+
+def _rollback(done):
+    if not done:
+        return "nothing had been changed"
+    failed = []
+    for step in reversed(done):
+        try:
+            step.undo()
+        except Exception as e:  # keep undoing the rest: a partial rollback beats none
+            failed.append(f"{step.name} ({e})")
+    if failed:
+        return f"rolled back {len(done) - len(failed)} of {len(done)} steps; could not undo: " + "; ".join(failed)
+    return f"rolled back the {len(done)} step(s) this run made"
+
+
+def up(kernel, statedir, tunnel, lease):
+    """Bring the kernel to the 'up' state for *tunnel* with *lease*; record the lease."""
+    desired = plan.plan_up(tunnel, lease)
+    for dev in {tunnel.device, tunnel.alias_dev}:
+        if kernel.nl.link_index(dev) is None:
+            raise InputError(f"tunnel {tunnel.name}: device {dev!r} does not exist")
+    current, foreign, nat_view = kernel.observe(tunnel)
+    if foreign:
+        raise InputError(
+            f"tunnel {tunnel.name}: table {tunnel.table} holds routes vpnsplit did not create ({', '.join(foreign[:3])}); "
+            f"choose a table of its own"
+        )
+    steps = _steps(kernel, plan.diff(desired, current), nat_view, desired)
+    if statedir.load_quiet(tunnel.name) != lease:
+        snap = statedir.snapshot(tunnel.name)
+        steps.append(Step("record state", lambda: statedir.save(tunnel.name, lease) or True, lambda: statedir.restore(tunnel.name, snap)))
+    return run_steps(steps)
+
+
+def down(kernel, statedir, tunnel):
+    """Remove what up added, keeping the strict fail-closed skeleton; forget the lease."""
+    desired = plan.plan_down(tunnel)
+    current, _foreign, nat_view = kernel.observe(tunnel)
+    steps = _steps(kernel, plan.diff(desired, current), nat_view, desired)
+    snap = statedir.snapshot(tunnel.name)
+    if any(snap.values()):
+        steps.append(Step("forget state", lambda: statedir.forget(tunnel.name) or True, lambda: statedir.restore(tunnel.name, snap)))
+    return run_steps(steps)
+
+
+def desired_for(statedir, tunnel):
+    """What the kernel should hold for *tunnel* according to the recorded state."""
+    lease = statedir.load(tunnel.name)
+    return lease, (plan.plan_up(tunnel, lease) if lease else plan.plan_down(tunnel))
+
+
+def status(kernel, statedir, tunnel):
+    """Per tunnel: the recorded lease, each object that should exist and whether it does, and stale ones."""
+    lease, desired = desired_for(statedir, tunnel)
+    current, foreign, (intact, _) = kernel.observe(tunnel)
+    d = plan.diff(desired, current)
+    missing = set(d.add.objects())
+    objects = [{"object": str(o), "kind": type(o).__name__.lower(), "present": o not in missing} for o in desired.objects()]
+    stale = [str(o) for o in d.remove.objects()]
+    problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {s}" for s in stale]
+    if desired.snats and not intact:
+        problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
+    problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
+    return {
+        "tunnel": tunnel.name,
+        "device": tunnel.device,
+        "device_present": kernel.nl.link_index(tunnel.device) is not None,
+        "table": tunnel.table,
+        "priority": tunnel.priority,
+        "alias": None if tunnel.alias is None else str(tunnel.alias),
+        "alias6": None if tunnel.alias6 is None else str(tunnel.alias6),
+        "alias_device": tunnel.alias_dev,
+        "strict": tunnel.strict,
+        "state": "up" if lease else "down",
+        "lease": lease.to_json() if lease else None,
+        "recorded_at": statedir.record(tunnel.name).get("when") if lease else None,
+        "objects": objects,
+        "stale": stale,
+        "in_sync": not problems,
+        "problems": problems,
+    }

@@ -1,0 +1,49 @@
+"""What a VPN client handed us this time: the tunnel device and its dynamic addresses.
+
+A Lease is what the hooks parse, what the state file records, and what the planner turns
+into routes and rules. It holds plain `ipaddress` values and round-trips through JSON.
+"""
+
+import dataclasses
+import ipaddress
+
+from vpnsplit.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    device: str
+    # "tun" (point-to-point: routes go `dev`), "tap" (Ethernet: routes go `via` gateway).
+    dev_type: str = "tun"
+    local4: ipaddress.IPv4Interface | None = None
+    gateway4: ipaddress.IPv4Address | None = None
+    local6: ipaddress.IPv6Interface | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+
+    def __post_init__(self):
+        if self.dev_type not in ("tun", "tap"):
+            raise ValueError(f"dev_type {self.dev_type!r}")
+
+    @property
+    def locals(self):
+        return [a for a in (self.local4, self.local6) if a is not None]
+
+    def to_json(self):
+        return {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data, where):
+        """Rebuild a Lease from a state file; a damaged file is an InputError naming it."""
+        try:
+            kinds = {
+                "local4": ipaddress.IPv4Interface,
+                "gateway4": ipaddress.IPv4Address,
+                "local6": ipaddress.IPv6Interface,
+                "gateway6": ipaddress.IPv6Address,
+            }
+            values = {k: (None if data.get(k) is None else conv(data[k])) for k, conv in kinds.items()}
+            if not isinstance(data.get("device"), str) or data.get("dev_type") not in ("tun", "tap"):
+                raise ValueError("device/dev_type")
+            return cls(device=data["device"], dev_type=data["dev_type"], **values)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise InputError(f"{where}: damaged state file ({e}); run 'vpnsplit down NAME' then let the VPN reconnect") from None

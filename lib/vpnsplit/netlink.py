@@ -1,0 +1,205 @@
+"""Rules, routes and alias addresses through pyroute2: observe what vpnsplit owns, and change it.
+
+Ownership: a rule or route is vpnsplit's when it carries protocol PROTO; it belongs to a
+tunnel when it points at (or lives in) that tunnel's table. Aliases are the configured
+addresses on the configured device. Nothing else in the kernel is ever read as ours.
+
+Idempotency contract of every change method: it returns True when it changed the kernel
+and False when the kernel already was that way (adding what exists, deleting what is
+gone), so the caller knows exactly what to undo. Anything else raises NetlinkError.
+"""
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vpnsplit.errors import InputError
+from vpnsplit.plan import DEFAULT_DST, PROTO, Address, Route, Rule
+
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+RTN = {1: "unicast", 7: "unreachable"}
+RTN_NUM = {v: k for k, v in RTN.items()}
+IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate detection
+
+
+class Netlink:
+    """One netlink socket for a whole run."""
+
+    def __init__(self):
+        self.ipr = IPRoute()
+
+    def close(self):
+        self.ipr.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def link_index(self, name):
+        """The ifindex of *name*, or None when there is no such device."""
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def is_ethernet(self, name):
+        """True for a tap (Ethernet) device, False for tun/wireguard (no link layer)."""
+        msgs = self.ipr.get_links(self._index(name))
+        return msgs[0]["ifi_type"] == 1  # ARPHRD_ETHER
+
+    def link_name(self, index):
+        msgs = self.ipr.get_links(index)
+        return msgs[0].get_attr("IFLA_IFNAME") if msgs else None
+
+    def dump_rules(self):
+        """All of vpnsplit's rules, as (Rule, protocol) pairs; one dump per family."""
+        out = []
+        for fam in (4, 6):
+            for msg in self.ipr.get_rules(family=AF[fam]):
+                if msg.get_attr("FRA_PROTOCOL") != PROTO:
+                    continue
+                src = msg.get_attr("FRA_SRC")
+                src = f"{src}/{msg['src_len']}" if src else DEFAULT_DST[fam]
+                out.append(Rule(fam, msg.get_attr("FRA_PRIORITY") or 0, msg.get_attr("FRA_TABLE"), src))
+        return out
+
+    def table_routes(self, table):
+        """Every route in *table*: (vpnsplit's as Route objects, a description of foreign ones)."""
+        ours, foreign = [], []
+        for fam in (4, 6):
+            for msg in self.ipr.get_routes(family=AF[fam], table=table):
+                if msg.get_attr("RTA_TABLE") != table:
+                    continue
+                dst = msg.get_attr("RTA_DST")
+                dst = f"{dst}/{msg['dst_len']}" if dst else DEFAULT_DST[fam]
+                if msg["proto"] != PROTO:
+                    foreign.append(f"{dst} proto {msg['proto']}")
+                    continue
+                rtype = RTN.get(msg["type"], str(msg["type"]))
+                oif = msg.get_attr("RTA_OIF")
+                device = self.link_name(oif) if oif and rtype == "unicast" else None
+                metric = msg.get_attr("RTA_PRIORITY") or 0
+                ours.append(Route(fam, table, dst, rtype, device, msg.get_attr("RTA_GATEWAY"), metric))
+        return ours, foreign
+
+    def addresses(self, device, wanted):
+        """Which of the *wanted* Address objects on *device* exist."""
+        index = self.link_index(device)
+        if index is None:
+            return set()
+        present = set()
+        for msg in self.ipr.get_addr(index=index):
+            fam = 4 if msg["family"] == socket.AF_INET else 6
+            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            present.add(Address(fam, device, addr))
+        return {a for a in wanted if a in present}
+
+    def device_addresses(self, device):
+        """The global addresses on *device*: (IPv4Interface|None, IPv6Interface|None).
+
+        For the IPv4 address read IFA_LOCAL: on point-to-point links IFA_ADDRESS is the peer.
+        """
+        index = self.link_index(device)
+        if index is None:
+            raise InputError(f"device {device!r} does not exist")
+        v4 = v6 = None
+        for msg in self.ipr.get_addr(index=index):
+            if msg["scope"] != 0:  # only global scope: skip link-local and host
+                continue
+            if msg["family"] == socket.AF_INET and v4 is None:
+                v4 = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}")
+            elif msg["family"] == socket.AF_INET6 and v6 is None:
+                v6 = ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+        return v4, v6
+
+    # -- changing --------------------------------------------------------------------------
+
+    def add_rule(self, rule):
+        """Add *rule*. An identical rule already there is not an error (returns False)."""
+        return _tolerate(self.ipr.rule, "add", (errno.EEXIST,), **_rule_spec(rule))
+
+    def del_rule(self, rule):
+        """Delete exactly *rule* (all selectors given, so never a foreign rule). Absent: False."""
+        return _tolerate(self.ipr.rule, "del", (errno.ENOENT,), **_rule_spec(rule))
+
+    def add_route(self, route):
+        """Add *route* to its table. The same route already there: False."""
+        return _tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
+
+    def del_route(self, route):
+        """Delete *route*. Already gone (or its device vanished, taking it along): False."""
+        try:
+            spec = self._route_spec(route)
+        except _NoDevice:
+            return False
+        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT), **spec)
+
+    def add_address(self, address):
+        """Put an alias on its device. Already there: False."""
+        return _tolerate(self.ipr.addr, "add", (errno.EEXIST,), **self._addr_spec(address))
+
+    def del_address(self, address):
+        """Take an alias off its device. Already gone, or the device is gone: False."""
+        try:
+            spec = self._addr_spec(address)
+        except _NoDevice:
+            return False
+        return _tolerate(self.ipr.addr, "del", (errno.EADDRNOTAVAIL, errno.ENODEV), **spec)
+
+    def _index(self, device):
+        index = self.link_index(device)
+        if index is None:
+            raise _NoDevice(device)
+        return index
+
+    def _route_spec(self, route):
+        spec = dict(
+            family=AF[route.family],
+            dst=route.dst,
+            table=route.table,
+            proto=PROTO,
+            type=route.type,
+            priority=route.metric,
+        )
+        if route.device:
+            spec["oif"] = self._index(route.device)
+        if route.gateway:
+            spec["gateway"] = route.gateway
+        return spec
+
+    def _addr_spec(self, address):
+        spec = dict(
+            index=self._index(address.device),
+            family=AF[address.family],
+            address=address.address,
+            prefixlen=32 if address.family == 4 else 128,
+        )
+        if address.family == 6:
+            spec["flags"] = IFA_F_NODAD
+        return spec
+
+
+class _NoDevice(NetlinkError):
+    def __init__(self, device):
+        super().__init__(errno.ENODEV, f"device {device} does not exist")
+
+
+def _rule_spec(rule):
+    addr, _, length = rule.src.partition("/")
+    return dict(
+        family=AF[rule.family],
+        src=addr,
+        src_len=int(length),
+        table=rule.table,
+        priority=rule.priority,
+        protocol=PROTO,
+    )
+
+
+def _tolerate(call, cmd, codes, **spec):
+    try:
+        call(cmd, **spec)
+    except NetlinkError as e:
+        if e.code in codes:
+            return False
+        raise
+    return True

@@ -1,0 +1,196 @@
+"""The planner: from a tunnel's config and its lease, the kernel objects that should exist.
+
+Pure functions over plain frozen dataclasses, so the whole desired state can be tested
+without root. Everything here is "ours": rules and routes carry PROTO, the NAT entries
+live in vpnsplit's own nft table, and a tunnel's objects are told apart by its table.
+"""
+
+import dataclasses
+import ipaddress
+
+from vpnsplit.errors import InputError
+
+# The route/rule protocol number that marks vpnsplit's objects (`ip rule` shows "proto 118";
+# `make install` names it in /etc/iproute2/rt_protos.d). Unassigned in iproute2's list.
+PROTO = 118
+# The strict fail-closed route: a metric no real route beats, as with OpenWrt pbr.
+UNREACHABLE_METRIC = 0xFF000000
+# Explicit for both families: the kernel turns an IPv6 metric of 0 into 1024 anyway.
+TUNNEL_METRIC = 1024
+DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Rule:
+    """`ip rule add from SRC lookup TABLE priority PRIORITY proto 118`."""
+
+    family: int
+    priority: int
+    table: int
+    src: str  # a prefix, e.g. "10.8.0.2/32"
+
+    def __str__(self):
+        return f"rule from {self.src} lookup {self.table} priority {self.priority}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Route:
+    """A route in a tunnel's table: `unicast` via the tunnel, or the strict `unreachable` default."""
+
+    family: int
+    table: int
+    dst: str
+    type: str = "unicast"
+    device: str | None = None
+    gateway: str | None = None
+    metric: int = TUNNEL_METRIC
+
+    def __str__(self):
+        how = "unreachable" if self.type == "unreachable" else ""
+        via = f" via {self.gateway}" if self.gateway else ""
+        dev = f" dev {self.device}" if self.device else ""
+        metric = f" metric {self.metric}"
+        return f"route {how + ' ' if how else ''}{self.dst}{via}{dev} table {self.table}{metric}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Address:
+    """An alias address (/32 or /128) on a device."""
+
+    family: int
+    device: str
+    address: str
+
+    def __str__(self):
+        return f"address {self.address}/{32 if self.family == 4 else 128} on {self.device}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Snat:
+    """An entry in vpnsplit's SNAT map: packets from ALIAS leaving via DEVICE get source TO."""
+
+    family: int
+    alias: str
+    device: str
+    to: str
+
+    def __str__(self):
+        return f"snat {self.alias} -> {self.to} out {self.device}"
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A set of kernel objects: what should exist (planned) or what does (observed)."""
+
+    rules: frozenset = frozenset()
+    routes: frozenset = frozenset()
+    addresses: frozenset = frozenset()
+    snats: frozenset = frozenset()
+
+    def objects(self):
+        return sorted(self.rules) + sorted(self.routes) + sorted(self.addresses) + sorted(self.snats)
+
+
+def _fam(addr):
+    return addr.version
+
+
+def _host(addr):
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def plan_up(tunnel, lease):
+    """The desired state while the tunnel is up with *lease*."""
+    if lease.device != tunnel.device:
+        raise InputError(f"tunnel {tunnel.name}: lease is for device {lease.device!r}, config says {tunnel.device!r}")
+    for local in lease.locals:
+        for alias in (tunnel.alias, tunnel.alias6):
+            if alias is not None and alias == local.ip:
+                raise InputError(f"tunnel {tunnel.name}: alias {alias} equals the tunnel address the VPN gave {lease.device}")
+    rules, routes, snats = set(), set(), set()
+    for local, alias, gateway in (
+        (lease.local4, tunnel.alias, lease.gateway4 or tunnel.gateway),
+        (lease.local6, tunnel.alias6, lease.gateway6 or tunnel.gateway6),
+    ):
+        if local is None:
+            continue
+        fam = local.version
+        routes.add(_tunnel_route(tunnel, lease, local, gateway))
+        if lease.dev_type == "tap":
+            routes.add(Route(fam, tunnel.table, str(local.network), device=tunnel.device))
+        rules.add(Rule(fam, tunnel.priority, tunnel.table, _host(local.ip)))
+        if alias is not None:
+            snats.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
+    down = plan_down(tunnel, families=[a.version for a in lease.locals])
+    return State(
+        rules=frozenset(rules | down.rules),
+        routes=frozenset(routes | down.routes),
+        addresses=_aliases(tunnel, [a.version for a in lease.locals]) | down.addresses,
+        snats=frozenset(snats),
+    )
+
+
+def plan_down(tunnel, families=()):
+    """The desired state while the tunnel is down.
+
+    With `strict`, the table keeps an unreachable default for both families and the aliases
+    keep their rule into it, so traffic from them fails at once instead of falling through to
+    the main table. An alias on a device of its own (`alias_device`, e.g. lo) stays, so
+    services bound to it keep their sockets. *families* are the address families the tunnel
+    carries while up; it lets plan_up reuse this for the parts it shares.
+    """
+    rules, routes = set(), set()
+    alias_families = {4, 6} if tunnel.strict else set(families)
+    for alias in (tunnel.alias, tunnel.alias6):
+        if alias is not None and _fam(alias) in alias_families:
+            rules.add(Rule(_fam(alias), tunnel.priority + 1, tunnel.table, _host(alias)))
+    if tunnel.strict:
+        for fam in (4, 6):
+            routes.add(Route(fam, tunnel.table, DEFAULT_DST[fam], type="unreachable", metric=UNREACHABLE_METRIC))
+    keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
+    addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
+    return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs)
+
+
+def _aliases(tunnel, families):
+    return frozenset(
+        Address(_fam(a), tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a is not None and _fam(a) in families
+    )
+
+
+def _tunnel_route(tunnel, lease, local, gateway):
+    fam = local.version
+    if lease.dev_type == "tun":
+        return Route(fam, tunnel.table, DEFAULT_DST[fam], device=tunnel.device)
+    if gateway is None:
+        key = "gateway" if fam == 4 else "gateway6"
+        raise InputError(
+            f"tunnel {tunnel.name}: tap device {tunnel.device} needs an IPv{fam} gateway: OpenVPN passed none "
+            f"(route-nopull drops route_vpn_gateway); set {key} = \"...\" in [tunnel.{tunnel.name}]"
+        )
+    if gateway not in local.network:
+        raise InputError(f"tunnel {tunnel.name}: gateway {gateway} is not inside the tunnel subnet {local.network}")
+    return Route(fam, tunnel.table, DEFAULT_DST[fam], device=tunnel.device, gateway=str(gateway))
+
+
+@dataclasses.dataclass(frozen=True)
+class Diff:
+    add: State
+    remove: State
+
+    def __bool__(self):
+        return bool(self.add.objects() or self.remove.objects())
+
+
+def diff(desired, current):
+    """What to add and remove to turn *current* into *desired* (both States of one tunnel)."""
+
+    def part(name):
+        want, have = getattr(desired, name), getattr(current, name)
+        return frozenset(want - have), frozenset(have - want)
+
+    parts = {name: part(name) for name in ("rules", "routes", "addresses", "snats")}
+    return Diff(
+        add=State(**{k: v[0] for k, v in parts.items()}),
+        remove=State(**{k: v[1] for k, v in parts.items()}),
+    )
