@@ -1,0 +1,162 @@
+"""The lab's network: four namespaces wired like a home network with a VPN provider.
+
+    lan ns (br0 198.51.100.20)          isp ns                    vpn ns
+    +-- bridge --------------+      +-------------------+      +-------------------+
+    | host0 <-> host (eth0)  |      |                   |      |                   |
+    | isp0  <-> isp (lan0) ----->  198.51.100.1  wan0 ----->  203.0.113.2 (eth0)  |
+    +------------------------+      |   203.0.113.1     |      |  OpenVPN/WG server|
+                                    +-------------------+      |  192.0.2.80 (lo): |
+                                                               |  "internet" host  |
+                                                               +-------------------+
+
+`host` (198.51.100.10, default via the isp router) runs the VPN client and vpnsplit.
+Only documentation ranges are used, and nothing is ever added to the caller's own
+namespace: every command runs under `ip netns exec`, and teardown kills whatever still
+runs in the namespaces before deleting them.
+"""
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+
+HOST_ADDR = "198.51.100.10"
+LAN_NEIGHBOUR = "198.51.100.20"
+ISP_LAN = "198.51.100.1"
+ISP_WAN = "203.0.113.1"
+SERVER = "203.0.113.2"  # the VPN server's public address (OpenVPN/WireGuard endpoint)
+# An "internet" host behind the VPN server: reachable straight through the isp and through
+# the tunnel. The probe listener runs here, not on SERVER, because OpenVPN drops packets
+# routed into the tunnel towards its own endpoint ("Recursive routing detected").
+TARGET = "192.0.2.80"
+ISP_LINK = "lan0"  # the isp router's interface towards the host: the link captures watch
+
+ROLES = ("host", "lan", "isp", "vpn")
+_serial = itertools.count()
+
+
+class CommandFailed(RuntimeError):
+    """A lab command failed; the message carries its stderr so a failing test explains itself."""
+
+
+def run(argv, check=True, env=None, timeout=30, input=None):
+    """Run *argv* (no shell), capturing text output; raise CommandFailed with stderr if asked."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise CommandFailed(f"{' '.join(argv)} -> rc {proc.returncode}\n{proc.stdout}{proc.stderr}".rstrip())
+    return proc
+
+
+class Network:
+    """The four namespaces and their links. Use as a context manager: exit always tears down."""
+
+    def __init__(self):
+        # pid + serial: parallel pytest workers and several labs in one run never collide.
+        self.prefix = f"vs-{os.getpid()}-{next(_serial)}"
+        self.ns = {role: f"{self.prefix}-{role}" for role in ROLES}
+        self.created = []
+
+    # -- running things ---------------------------------------------------------------
+    def argv(self, role, argv):
+        """*argv* prefixed so it runs inside the namespace of *role*."""
+        return ["ip", "netns", "exec", self.ns[role], *argv]
+
+    def run(self, role, argv, **kw):
+        return run(self.argv(role, argv), **kw)
+
+    def ip(self, role, *args, **kw):
+        """`ip -n NS ARGS` and its stdout."""
+        return run(["ip", "-n", self.ns[role], *args], **kw).stdout
+
+    def popen(self, role, argv, **kw):
+        return subprocess.Popen(self.argv(role, argv), **kw)
+
+    # -- building -----------------------------------------------------------------------
+    def __enter__(self):
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
+
+    def build(self):
+        for role in ROLES:
+            run(["ip", "netns", "add", self.ns[role]])
+            self.created.append(role)
+            self.ip(role, "link", "set", "lo", "up")
+        # The LAN is a bridge in the neighbour's namespace, with the host and the router on it.
+        self.ip("lan", "link", "add", "br0", "type", "bridge")
+        self.ip("lan", "addr", "add", f"{LAN_NEIGHBOUR}/24", "dev", "br0")
+        self.ip("lan", "link", "set", "br0", "up")
+        self._veth("lan", "host0", "host", "eth0", f"{HOST_ADDR}/24")
+        self._veth("lan", "isp0", "isp", ISP_LINK, f"{ISP_LAN}/24")
+        for port in ("host0", "isp0"):
+            self.ip("lan", "link", "set", port, "master", "br0", "up")
+        self._veth("isp", "wan0", "vpn", "eth0", f"{SERVER}/24")
+        self.ip("isp", "addr", "add", f"{ISP_WAN}/24", "dev", "wan0")
+        self.ip("isp", "link", "set", "wan0", "up")
+        self.ip("host", "route", "add", "default", "via", ISP_LAN)
+        self.ip("lan", "route", "add", "default", "via", ISP_LAN)
+        self.ip("vpn", "route", "add", "default", "via", ISP_WAN)
+        self.ip("vpn", "addr", "add", f"{TARGET}/32", "dev", "lo")
+        self.ip("isp", "route", "add", f"{TARGET}/32", "via", SERVER)
+        self.sysctl("isp", "net.ipv4.ip_forward", "1")
+        # Like a real provider, the server side drops packets whose source it would not
+        # route back the same way: so when the listener sees a tunnel address, the packet
+        # really came through the tunnel (and a host-LAN source really came via the isp).
+        self.sysctl("vpn", "net.ipv4.conf.all.rp_filter", "1")
+        # The host's own reverse-path filter stays at the kernel default on purpose: the
+        # lab must not hide a vpnsplit rp_filter problem, nor invent one.
+
+    def _veth(self, role_a, name_a, role_b, name_b, addr_b):
+        """A veth pair from *role_a* to *role_b*; *addr_b* goes on the far end."""
+        self.ip(role_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", self.ns[role_b])
+        self.ip(role_b, "addr", "add", addr_b, "dev", name_b)
+        self.ip(role_b, "link", "set", name_b, "up")
+
+    def sysctl(self, role, key, value):
+        self.run(role, ["sysctl", "-qw", f"{key}={value}"])
+
+    # -- teardown -----------------------------------------------------------------------
+    def teardown(self):
+        """Kill every process left in our namespaces, then delete them. Never raises."""
+        for role in reversed(self.created):
+            name = self.ns[role]
+            kill_namespace_processes(name)
+            run(["ip", "netns", "del", name], check=False)
+        self.created.clear()
+
+
+def namespace_pids(name):
+    out = run(["ip", "netns", "pids", name], check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def kill_namespace_processes(name, grace=3.0):
+    """SIGTERM (so OpenVPN runs its down hook), then SIGKILL what is still there."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = namespace_pids(name)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and namespace_pids(name):
+            time.sleep(0.05)
+
+
+def pid_alive(pid):
+    """True while *pid* runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
