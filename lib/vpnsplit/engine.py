@@ -59,7 +59,7 @@ class Kernel:
 
     def lease_from_device(self, tunnel):
         """Read the tunnel's lease off its device (wg-quick passes nothing else)."""
-        v4, v6 = self.nl.device_addresses(tunnel.device)
+        v4, v6 = self.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6})
         if v4 is None and v6 is None:
             raise InputError(f"tunnel {tunnel.name}: device {tunnel.device} has no global address")
         dev_type = "tap" if self.nl.is_ethernet(tunnel.device) else "tun"
@@ -75,8 +75,16 @@ def _steps(kernel, d, nat_view, desired):
     """
     nl = kernel.nl
     steps = []
+    # A new route with the old one's destination and metric (a new gateway) is a replace:
+    # the kernel would refuse to add it beside the old one.
+    slot = lambda r: (r.family, r.table, r.dst, r.metric)  # noqa: E731
+    replaced = {slot(r): r for r in d.remove.routes}
     for r in sorted(d.add.routes, key=lambda r: (r.type != "unreachable", r)):
-        steps.append(Step(f"add {r}", lambda r=r: nl.add_route(r), lambda r=r: nl.del_route(r)))
+        old = replaced.pop(slot(r), None)
+        if old is not None:
+            steps.append(Step(f"replace {old} with {r}", lambda r=r: nl.replace_route(r), lambda old=old: nl.replace_route(old)))
+        else:
+            steps.append(Step(f"add {r}", lambda r=r: nl.add_route(r), lambda r=r: nl.del_route(r)))
     for a in sorted(d.add.addresses):
         steps.append(Step(f"add {a}", lambda a=a: nl.add_address(a), lambda a=a: nl.del_address(a)))
     intact, everything = nat_view
@@ -95,7 +103,7 @@ def _steps(kernel, d, nat_view, desired):
         steps.append(Step(f"add {r}", lambda r=r: nl.add_rule(r), lambda r=r: nl.del_rule(r)))
     for r in sorted(d.remove.rules):
         steps.append(Step(f"delete {r}", lambda r=r: nl.del_rule(r), lambda r=r: nl.add_rule(r)))
-    for r in sorted(d.remove.routes, key=lambda r: (r.type == "unreachable", r)):
+    for r in sorted(replaced.values(), key=lambda r: (r.type == "unreachable", r)):
         steps.append(Step(f"delete {r}", lambda r=r: nl.del_route(r), lambda r=r: nl.add_route(r)))
     for a in sorted(d.remove.addresses):
         steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))

@@ -46,6 +46,9 @@ def openvpn_up(args):
 
 
 def openvpn_down(args):
+    if not runner.has_net_admin():  # before the config: it may be unreadable to nobody too
+        log.error("%s", _down_root_hint())
+        return
     call = openvpn.parse(args, os.environ, want_lease=False)
     cfg = runner.load_config(call.config)
     tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn down")
@@ -63,6 +66,9 @@ def wg_up(args):
 
 
 def wg_down(args):
+    if not runner.has_net_admin():
+        log.error("%s", _down_root_hint())
+        return
     opts, iface = _wg_args(args, "wg-down")
     cfg = runner.load_config(opts.get("config"))
     _down(_tunnel(cfg, iface, opts.get("tunnel"), "wg-down"))
@@ -78,9 +84,6 @@ def _wg_args(args, where):
 
 
 def _down(tunnel):
-    if not runner.has_net_admin():
-        log.error("%s", _down_root_hint())
-        return
     with runner.session() as (kernel, statedir):
         changes = engine.down(kernel, statedir, tunnel)
     _report("down", tunnel, changes)

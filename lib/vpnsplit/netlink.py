@@ -93,10 +93,11 @@ class Netlink:
             present.add(Address(fam, device, addr))
         return {a for a in wanted if a in present}
 
-    def device_addresses(self, device):
-        """The global addresses on *device*: (IPv4Interface|None, IPv6Interface|None).
+    def device_addresses(self, device, skip=()):
+        """The first global addresses on *device* not in *skip*: (IPv4Interface|None, IPv6Interface|None).
 
-        For the IPv4 address read IFA_LOCAL: on point-to-point links IFA_ADDRESS is the peer.
+        *skip* holds the aliases, which may sit on the same device. For the IPv4 address
+        read IFA_LOCAL: on point-to-point links IFA_ADDRESS is the peer.
         """
         index = self.link_index(device)
         if index is None:
@@ -105,10 +106,12 @@ class Netlink:
         for msg in self.ipr.get_addr(index=index):
             if msg["scope"] != 0:  # only global scope: skip link-local and host
                 continue
-            if msg["family"] == socket.AF_INET and v4 is None:
-                v4 = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}")
-            elif msg["family"] == socket.AF_INET6 and v6 is None:
-                v6 = ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            if msg["family"] == socket.AF_INET:
+                addr = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}")
+                v4 = v4 or (None if addr.ip in skip else addr)
+            elif msg["family"] == socket.AF_INET6:
+                addr = ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                v6 = v6 or (None if addr.ip in skip else addr)
         return v4, v6
 
     # -- changing --------------------------------------------------------------------------
@@ -124,6 +127,12 @@ class Netlink:
     def add_route(self, route):
         """Add *route* to its table. The same route already there: False."""
         return _tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
+
+    def replace_route(self, route):
+        """Put *route* in place of the route with the same destination and metric, in one
+        netlink call (a new gateway on reconnect): no moment without a route. Always True."""
+        self.ipr.route("replace", **self._route_spec(route))
+        return True
 
     def del_route(self, route):
         """Delete *route*. Already gone (or its device vanished, taking it along): False."""
