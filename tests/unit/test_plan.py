@@ -1,0 +1,72 @@
+"""The planner: desired kernel objects from config and lease, without root."""
+
+import ipaddress
+
+import pytest
+
+from vpnsplit import config, plan
+from vpnsplit.errors import InputError
+from vpnsplit.lease import Lease
+
+P = plan.PROTO
+
+
+def tunnel(**kw):
+    base = {"device": "tun0", "table": 100, "priority": 1000, "alias": "10.192.8.1"}
+    base.update(kw)
+    return config.parse({"tunnel": {"p": base}}).tunnels["p"]
+
+
+def lease(v4="10.8.0.2/24", v6=None, dev_type="tun", gw=None, device="tun0"):
+    return Lease(device=device, dev_type=dev_type, local4=v4 and ipaddress.ip_interface(v4), local6=v6 and ipaddress.ip_interface(v6),
+                 gateway4=gw and ipaddress.ip_address(gw))
+
+
+def test_up_on_tun():
+    s = plan.plan_up(tunnel(), lease())
+    assert s.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32"), plan.Rule(4, 1001, 100, "10.192.8.1/32")}
+    assert plan.Route(4, 100, "0.0.0.0/0", device="tun0") in s.routes
+    assert {r.type for r in s.routes if r.type == "unreachable"} == {"unreachable"}
+    assert s.addresses == {plan.Address(4, "tun0", "10.192.8.1")}
+    assert s.snats == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.2")}
+
+
+def test_strict_down_keeps_alias_rules_and_unreachable_for_both_families():
+    s = plan.plan_down(tunnel(alias6="fd10::1"))
+    assert s.rules == {plan.Rule(4, 1001, 100, "10.192.8.1/32"), plan.Rule(6, 1001, 100, "fd10::1/128")}
+    assert {(r.family, r.type) for r in s.routes} == {(4, "unreachable"), (6, "unreachable")}
+    assert not s.snats and not s.addresses  # alias on the tunnel device goes with it
+
+
+def test_alias_on_lo_stays_when_strict():
+    assert plan.plan_down(tunnel(alias_device="lo")).addresses == {plan.Address(4, "lo", "10.192.8.1")}
+    assert plan.plan_down(tunnel(alias_device="lo", strict=False)) == plan.State()
+
+
+def test_non_strict_alias6_without_ipv6_tunnel_gets_no_rule():
+    """Otherwise alias6 traffic would fall through to the main table un-NATed."""
+    s = plan.plan_up(tunnel(alias6="fd10::1", strict=False), lease())
+    assert all(r.family == 4 for r in s.rules) and not s.routes - {plan.Route(4, 100, "0.0.0.0/0", device="tun0")}
+
+
+def test_tap_routes_via_gateway_and_needs_one():
+    s = plan.plan_up(tunnel(device="tap0"), lease(dev_type="tap", gw="10.8.0.1", device="tap0"))
+    assert plan.Route(4, 100, "0.0.0.0/0", device="tap0", gateway="10.8.0.1") in s.routes
+    assert plan.Route(4, 100, "10.8.0.0/24", device="tap0") in s.routes
+    with pytest.raises(InputError, match="gateway = "):
+        plan.plan_up(tunnel(device="tap0"), lease(dev_type="tap", device="tap0"))
+    with pytest.raises(InputError, match="not inside the tunnel subnet"):
+        plan.plan_up(tunnel(device="tap0", gateway="10.9.0.1"), lease(dev_type="tap", device="tap0"))
+
+
+def test_alias_equal_to_tunnel_address_is_refused():
+    with pytest.raises(InputError, match="alias 10.192.8.1 equals"):
+        plan.plan_up(tunnel(), lease("10.192.8.1/24"))
+
+
+def test_diff_of_restart_swaps_only_what_changed():
+    t = tunnel()
+    d = plan.diff(plan.plan_up(t, lease("10.8.0.7/24")), plan.plan_up(t, lease()))
+    assert d.add.rules == {plan.Rule(4, 1000, 100, "10.8.0.7/32")} and d.remove.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32")}
+    assert d.add.snats == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7")} and not d.add.routes and not d.remove.routes
+    assert not plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease()))
