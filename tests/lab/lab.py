@@ -180,6 +180,18 @@ class Lab(Network):
     def isp_counter(self, sources, port=PROBE_PORT):
         return IspCounter(self, sources, port)
 
+    def diagnostics(self):
+        """The host's routing state and the VPN logs: what a failing test prints."""
+        parts = [
+            ("ip rule", self.rules()), ("ip -6 rule", self.rules(family="-6")),
+            ("ip route show table all (host)", self.ip("host", "route", "show", "table", "all", check=False)),
+            ("ip addr (host)", self.ip("host", "-br", "addr", check=False)),
+            ("nft list ruleset (host)", self.run("host", ["nft", "list", "ruleset"], check=False).stdout),
+        ]
+        parts += [(f"log {p.name}", p.log()[-3000:]) for p in [*self.clients, *self.servers]]
+        parts += [(f"wg-quick {w.ifname}", (w.last.stdout + w.last.stderr)[-2000:]) for w in self.wgs if w.last]
+        return "\n".join(f"--- {title}\n{text.rstrip()}" for title, text in parts)
+
 
 class IspCounter:
     """nft counters on the isp router's link to the host: packets to the probe port, per source.
@@ -213,6 +225,9 @@ class IspCounter:
 
     def __getitem__(self, source):
         return self.counts()[source]
+
+    def remove(self):
+        self.lab.run("isp", ["nft", "delete", "table", "inet", self.TABLE])
 
 
 def _quietly(fn):

@@ -14,7 +14,7 @@ import time
 from .netns import SERVER, pid_alive
 
 READY = "Initialization Sequence Completed"
-FATAL = re.compile(r"Exiting due to fatal error|Options error|Cannot open TUN|ERROR: Cannot")
+FATAL = re.compile(r"Exiting due to fatal error")
 CLIENT_CN = "vpnsplit-lab-client"
 
 # Server modes: device, pool, and the `topology` line (tap has none).
@@ -34,6 +34,9 @@ def server_config(mode, ccd, ipv6=False, port=1194):
         f"server {pool} 255.255.255.0",
         "ca ca.crt", "cert server.crt", "key server.key", "dh none",
         f"client-config-dir {ccd}", "keepalive 2 10", "verb 3",
+        # What a commercial provider pushes: the client configs must keep the host's
+        # default route anyway (route-nopull / route-noexec), and the tests check it.
+        'push "redirect-gateway def1"',
     ]
     if ipv6:
         lines.append("server-ipv6 fd00:8::/64")

@@ -1,0 +1,107 @@
+"""What "vpnsplit works" means in packets, shared by the lab tests and the demo.
+
+Every check is one question to a who-am-I listener ("which source address did you see?")
+or one nft counter on the isp link ("how many packets of this source went the plain
+way?"), with the answer vpnsplit promises. Tests assert them all; the demo prints them.
+"""
+
+import dataclasses
+import time
+
+from .netns import HOST_ADDR, LAN_NEIGHBOUR, TARGET
+
+PROTOS = ("tcp", "udp")
+
+
+@dataclasses.dataclass
+class Check:
+    what: str
+    expected: str
+    seen: str
+
+    @property
+    def ok(self):
+        return self.seen == self.expected
+
+    def line(self):
+        mark = "ok  " if self.ok else "FAIL"
+        extra = "" if self.ok else f"   (expected {self.expected})"
+        return f"[{mark}] {self.what}: {self.seen}{extra}"
+
+
+def start_listeners(lab):
+    """Listeners on the internet host behind the VPN server and on the LAN neighbour."""
+    lab.listen("vpn", [TARGET])
+    lab.listen("lan", [LAN_NEIGHBOUR])
+
+
+def seen_from(lab, src, expected, dst=TARGET, protos=PROTOS, label=None):
+    """One Check per protocol: connecting from *src* to *dst*, the far end should see *expected*."""
+    where = "internet host" if dst == TARGET else "LAN neighbour"
+    return [Check(f"{proto.upper()} from {label or src} -> {where} {dst} sees", expected,
+                  lab.whoami(src, dst, proto)) for proto in protos]
+
+
+def tunnel_checks(lab, alias, tunnel_addr, protos=PROTOS):
+    """The split: alias and tunnel address go through the tunnel (NATed to the tunnel
+    address), everything else keeps the host's own path, and the isp sees none of the former.
+    """
+    counter = lab.isp_counter([alias, tunnel_addr, HOST_ADDR])
+    checks = [
+        *seen_from(lab, alias, tunnel_addr, protos=protos, label=f"alias {alias}"),
+        *seen_from(lab, tunnel_addr, tunnel_addr, protos=protos, label=f"tunnel address {tunnel_addr}"),
+        *lan_checks(lab, protos),
+    ]
+    counts = counter.counts()
+    counter.remove()
+    checks += [
+        Check(f"packets from {alias} on the isp link (plain path)", "0", str(counts[alias])),
+        Check(f"packets from {tunnel_addr} on the isp link (plain path)", "0", str(counts[tunnel_addr])),
+        # The control: the same counter does see what takes the plain path.
+        Check(f"packets from LAN address {HOST_ADDR} on the isp link counted", "yes",
+              "yes" if counts[HOST_ADDR] > 0 else "no"),
+    ]
+    return checks
+
+
+def lan_checks(lab, protos=PROTOS):
+    """Traffic vpnsplit must not touch: the host's own address, to the internet and the LAN."""
+    return [
+        *seen_from(lab, HOST_ADDR, HOST_ADDR, protos=protos, label=f"LAN address {HOST_ADDR}"),
+        *seen_from(lab, "0.0.0.0", HOST_ADDR, protos=protos, label="an unbound socket"),
+        *seen_from(lab, HOST_ADDR, HOST_ADDR, dst=LAN_NEIGHBOUR, protos=protos, label=f"LAN address {HOST_ADDR}"),
+        Check("host default route", "default via 198.51.100.1 dev eth0", lab.default_route()),
+    ]
+
+
+def fail_closed_checks(lab, alias, protos=PROTOS):
+    """Tunnel down, strict: sending from the alias fails at once and nothing leaves via the isp."""
+    counter = lab.isp_counter([alias, HOST_ADDR])
+    checks = []
+    for proto in protos:
+        start = time.monotonic()
+        seen = lab.whoami(alias, proto=proto)
+        took = time.monotonic() - start
+        checks.append(Check(f"{proto.upper()} from alias {alias} with the tunnel down", "an error",
+                            "an error" if seen.startswith("error") else f"answer {seen}"))
+        # A probe interpreter starts in ~50 ms; a timeout would take probe.TIMEOUT (3 s).
+        checks.append(Check(f"{proto.upper()} from alias {alias} fails at once (<1.5 s)", "yes",
+                            "yes" if took < 1.5 else f"no, {seen} after {took:.1f} s"))
+    checks += seen_from(lab, HOST_ADDR, HOST_ADDR, protos=protos[:1], label=f"LAN address {HOST_ADDR}")
+    counts = counter.counts()
+    counter.remove()
+    checks += [
+        Check(f"packets from {alias} on the isp link", "0", str(counts[alias])),
+        Check(f"packets from LAN address {HOST_ADDR} on the isp link counted", "yes",
+              "yes" if counts[HOST_ADDR] > 0 else "no"),
+    ]
+    return checks
+
+
+def failed(checks):
+    return [c for c in checks if not c.ok]
+
+
+def explain(checks, lab):
+    """An assertion message: every check, then the host's routing state and hook logs."""
+    return "\n".join([*(c.line() for c in checks), "", lab.diagnostics()])

@@ -1,0 +1,58 @@
+"""Issue 3, scenarios 1 and 2: a real OpenVPN 2.6 TLS tunnel wired to vpnsplit with the
+example configs in configs/openvpn/, checked by packets that arrived.
+
+Run one alone:  .venv/bin/python -m pytest tests/test_lab_openvpn.py -k subnet -v
+"""
+
+import pytest
+
+from tests.lab import checks
+from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
+
+pytestmark = pytest.mark.lab
+
+ALIAS = "10.192.8.1"
+
+
+def provider(device="tun0", **extra):
+    return dict(device=device, table=100, priority=1000, alias=ALIAS, **extra)
+
+
+def assert_checks(found, lab):  # noqa: F811
+    assert not checks.failed(found), checks.explain(found, lab)
+
+
+@pytest.mark.parametrize("alias_device", [None, "lo"], ids=["alias-on-tun", "alias-on-lo"])
+def test_subnet_tls(lab, alias_device):  # noqa: F811
+    """topology subnet, route-nopull, address from the server's pool."""
+    extra = {"alias_device": alias_device} if alias_device else {}
+    lab.write_vpnsplit_config(provider=provider(**extra))
+    checks.start_listeners(lab)
+    lab.openvpn_server("subnet")
+    client = lab.openvpn_client("client.conf")
+    tunnel_addr = lab.address_of("tun0")
+    assert tunnel_addr and tunnel_addr.startswith("10.8.0."), lab.diagnostics()
+
+    assert_checks(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
+
+    client.stop()
+    rules = lab.rules()
+    assert tunnel_addr not in rules and tunnel_addr not in lab.nft_ruleset(), lab.diagnostics()
+    assert_checks(checks.lan_checks(lab), lab)
+
+
+@pytest.mark.parametrize("mode, example, device", [
+    ("net30", "client.conf", "tun0"),
+    ("p2p", "client.conf", "tun0"),
+    ("tap", "client-tap.conf", "tap0"),
+])
+def test_other_topologies(lab, mode, example, device):  # noqa: F811
+    """net30 and p2p tun (5th argument is the peer), and tap (gateway from route_vpn_gateway)."""
+    lab.write_vpnsplit_config(provider=provider(device, alias_device="lo"))
+    checks.start_listeners(lab)
+    lab.openvpn_server(mode)
+    lab.openvpn_client(example)
+    tunnel_addr = lab.address_of(device)
+    assert tunnel_addr, lab.diagnostics()
+
+    assert_checks(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
