@@ -104,11 +104,15 @@ class Lab(Network):
         ccd = self.path("ccd")
         os.makedirs(ccd, exist_ok=True)
         if address:
-            openvpn.write_ccd(ccd, mode, address)
+            self.openvpn_server_address(mode, address)
         conf = self.write(f"server-{mode}.conf", openvpn.server_config(mode, ccd, ipv6))
         server = openvpn.OpenVPN(self, "vpn", f"server-{mode}", conf, self.pki_dir)
         self.servers.append(server)
         return server.start(**start)
+
+    def openvpn_server_address(self, mode, address):
+        """Pin the address the server gives the lab client from its next connect on."""
+        openvpn.write_ccd(self.path("ccd"), mode, address)
 
     def openvpn_client(self, example="client.conf", options=(), **start):
         """Start configs/openvpn/EXAMPLE in `host`, wired to the lab's vpnsplit config."""
