@@ -51,11 +51,11 @@ class Kernel:
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
-        intact, elements = self.nat.observe()
+        intact, entries = self.nat.observe()
         aliases = {str(a) for a in (tunnel.alias, tunnel.alias6) if a}
-        snats = frozenset(s for s in elements if s.alias in aliases or s.device == tunnel.device)
-        state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, snats=snats)
-        return state, foreign, (intact, frozenset(elements))
+        nft = frozenset(e for e in entries if e.device == tunnel.device or (e.alias if isinstance(e, plan.Snat) else e.address) in aliases)
+        state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
+        return state, foreign, (intact, frozenset(entries))
 
     def lease_from_device(self, tunnel):
         """Read the tunnel's lease off its device (wg-quick passes nothing else)."""
@@ -88,14 +88,13 @@ def _steps(kernel, d, nat_view, desired):
     for a in sorted(d.add.addresses):
         steps.append(Step(f"add {a}", lambda a=a: nl.add_address(a), lambda a=a: nl.del_address(a)))
     intact, everything = nat_view
-    if d.add.snats or d.remove.snats or (desired.snats and not intact):
+    if d.add.nft or d.remove.nft or (desired.nft and not intact):
         undo = []
-        what = ", ".join(map(str, sorted(d.add.snats))) or "repair"
-        gone = ", ".join(map(str, sorted(d.remove.snats)))
-        name = f"nft batch in table inet vpnsplit (add {what}" + (f"; remove {gone})" if gone else ")")
+        parts = [f"{verb} " + ", ".join(map(str, sorted(objs, key=repr))) for verb, objs in (("add", d.add.nft), ("remove", d.remove.nft)) if objs]
+        name = "nft batch in table inet vpnsplit (" + ("; ".join(parts) or "repair the table") + ")"
 
         def nat_do():
-            undo[:] = kernel.nat.change(d.add.snats, d.remove.snats, intact, everything)
+            undo[:] = kernel.nat.change(d.add.nft, d.remove.nft, intact, everything)
             return True
 
         steps.append(Step(name, nat_do, lambda: kernel.nat.run(undo)))
@@ -197,7 +196,7 @@ def status(kernel, statedir, tunnel):
     objects = [{"object": str(o), "kind": type(o).__name__.lower(), "present": o not in missing} for o in desired.objects()]
     stale = [str(o) for o in d.remove.objects()]
     problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {s}" for s in stale]
-    if desired.snats and not intact:
+    if desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     return {

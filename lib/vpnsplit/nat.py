@@ -1,26 +1,31 @@
 """vpnsplit's nftables table: `table inet vpnsplit`, changed only in atomic JSON batches.
 
-The table holds one SNAT map per family, keyed by (source address . output interface):
+    table inet vpnsplit {
+        map snat4 { type ipv4_addr . ifname : ipv4_addr }      # alias . out-device : tunnel address
+        set guard_addr4 { type ipv4_addr }                     # addresses only reachable via ...
+        set guard_path4 { type ipv4_addr . ifname }            # ... their own device
+        (the same three for IPv6)
+        chain postrouting { type nat hook postrouting priority srcnat;
+            snat ip to ip saddr . oifname map @snat4 }
+        chain prerouting { type filter hook prerouting priority raw;
+            ip daddr @guard_addr4 ip daddr . iifname != @guard_path4 fib saddr type != local drop }
+    }
 
-    map snat4 { type ipv4_addr . ifname : ipv4_addr }
-    chain postrouting { type nat hook postrouting priority srcnat;
-        snat ip to ip saddr . oifname map @snat4
-        snat ip6 to ip6 saddr . oifname map @snat6 }
-
-so a packet costs one map lookup however many tunnels exist, and a tunnel's change of
-address is one element replaced inside one transaction. Matching the output interface
-keeps the alias from being rewritten onto any other path (see seed 003 on NAT ordering).
-We own this table whole; nothing outside it is ever read or written.
+A packet costs one lookup per chain however many tunnels exist, and a tunnel's change of
+address is elements replaced inside one transaction. SNAT matches the output interface so
+the alias is never rewritten onto another path (seed 003 on NAT ordering); the guard is
+wg-quick's anti-spoofing rule. We own this table whole and touch nothing outside it.
 """
 
 import json
 
-from vpnsplit.plan import Snat
+from vpnsplit.plan import Guard, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
-MAPS = {4: ("snat4", "ipv4_addr", "ip"), 6: ("snat6", "ipv6_addr", "ip6")}
-# A number, not "srcnat": the JSON parser silently makes a hookless chain from the string.
-SRCNAT_PRIORITY = 100
+PROTO = {4: "ip", 6: "ip6"}
+ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
+# Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
+SRCNAT_PRIORITY, RAW_PRIORITY = 100, -300
 
 
 class NftError(Exception):
@@ -31,27 +36,71 @@ def _obj(kind, **fields):
     return {kind: {"family": FAMILY, "table": TABLE, **fields}}
 
 
+def _payload(fam, field):
+    return {"payload": {"protocol": PROTO[fam], "field": field}}
+
+
 def _snat_rule(fam):
-    name, _, proto = MAPS[fam]
-    key = {"concat": [{"payload": {"protocol": proto, "field": "saddr"}}, {"meta": {"key": "oifname"}}]}
-    return [{"snat": {"family": proto, "addr": {"map": {"key": key, "data": "@" + name}}}}]
+    key = {"concat": [_payload(fam, "saddr"), {"meta": {"key": "oifname"}}]}
+    return [{"snat": {"family": PROTO[fam], "addr": {"map": {"key": key, "data": f"@snat{fam}"}}}}]
+
+
+def _guard_rule(fam):
+    return [
+        {"match": {"op": "==", "left": _payload(fam, "daddr"), "right": f"@guard_addr{fam}"}},
+        {"match": {"op": "!=", "left": {"concat": [_payload(fam, "daddr"), {"meta": {"key": "iifname"}}]}, "right": f"@guard_path{fam}"}},
+        {"match": {"op": "!=", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}},
+        {"drop": None},
+    ]
+
+
+# name -> (chain type, hook, priority, rule builder)
+CHAINS = {
+    "postrouting": ("nat", "postrouting", SRCNAT_PRIORITY, _snat_rule),
+    "prerouting": ("filter", "prerouting", RAW_PRIORITY, _guard_rule),
+}
+
+
+def _sets():
+    """name -> (key type, map data type or None) for every set and map of the table."""
+    out = {}
+    for fam in (4, 6):
+        out[f"snat{fam}"] = ([ADDR[fam], "ifname"], ADDR[fam])
+        out[f"guard_addr{fam}"] = (ADDR[fam], None)
+        out[f"guard_path{fam}"] = ([ADDR[fam], "ifname"], None)
+    return out
+
+
+SETS = _sets()
 
 
 def skeleton():
-    """Commands that (re)create the table's fixed part; safe to send again (rules flushed first)."""
+    """Commands that (re)create the table's fixed part; safe to send again (chains flushed first)."""
     cmds = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    for name, keytype, _ in MAPS.values():
-        cmds.append({"add": _obj("map", name=name, type=[keytype, "ifname"], map=keytype)})
-    cmds.append({"add": _obj("chain", name="postrouting", type="nat", hook="postrouting", prio=SRCNAT_PRIORITY, policy="accept")})
-    cmds.append({"flush": _obj("chain", name="postrouting")})
-    for fam in MAPS:
-        cmds.append({"add": _obj("rule", chain="postrouting", expr=_snat_rule(fam))})
+    for name, (key, data) in SETS.items():
+        cmds.append({"add": _obj("map", name=name, type=key, map=data) if data else _obj("set", name=name, type=key)})
+    for name, (ctype, hook, prio, rule) in CHAINS.items():
+        cmds.append({"add": _obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
+        cmds.append({"flush": _obj("chain", name=name)})
+        cmds += [{"add": _obj("rule", chain=name, expr=rule(fam))} for fam in (4, 6)]
     return cmds
 
 
-def _element(verb, snat):
-    name = MAPS[snat.family][0]
-    return {verb: _obj("element", name=name, elem=[[{"concat": [snat.alias, snat.device]}, snat.to]])}
+def _elements(entry):
+    """The (set name, element) pairs that stand for one Snat or Guard."""
+    if isinstance(entry, Snat):
+        return [(f"snat{entry.family}", [{"concat": [entry.alias, entry.device]}, entry.to])]
+    return [(f"guard_addr{entry.family}", entry.address), (f"guard_path{entry.family}", {"concat": [entry.address, entry.device]})]
+
+
+def _element_cmds(verb, entries):
+    cmds = []
+    for entry in sorted(entries, key=repr):
+        for name, elem in _elements(entry):
+            if verb == "delete" and isinstance(elem, list):
+                elem = elem[0]  # a map element is deleted by its key
+            cmds.append({verb: _obj("element", name=name, elem=[elem])})
+    return cmds
 
 
 def _delete_table():
@@ -80,52 +129,58 @@ class NatTable:
         return out
 
     def observe(self):
-        """(skeleton_intact, every Snat element in the table). A missing table: (False, set())."""
+        """(skeleton_intact, every Snat and Guard in the table). A missing table: (False, set())."""
         try:
             out = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
         except NftError:
             return False, set()
         items = out["nftables"] if isinstance(out, dict) else json.loads(out)["nftables"]
-        elements, maps, rules, chain_ok = set(), set(), [], False
-        by_name = {name: fam for fam, (name, _, _) in MAPS.items()}
+        contents, sets, chains, rules = {}, set(), set(), {name: [] for name in CHAINS}
         for item in items:
-            if "map" in item and item["map"]["name"] in by_name:
-                m = item["map"]
-                fam = by_name[m["name"]]
-                if m.get("type") == [MAPS[fam][1], "ifname"] and m.get("map") == MAPS[fam][1]:
-                    maps.add(fam)
-                for key, to in m.get("elem", []):
-                    alias, device = key["concat"]
-                    elements.add(Snat(fam, alias, device, to))
-            elif "chain" in item and item["chain"]["name"] == "postrouting":
-                c = item["chain"]
-                chain_ok = (c.get("type"), c.get("hook"), c.get("prio")) == ("nat", "postrouting", SRCNAT_PRIORITY)
-            elif "rule" in item and item["rule"].get("chain") == "postrouting":
-                rules.append(item["rule"]["expr"])
-        intact = chain_ok and maps == set(MAPS) and rules == [_snat_rule(f) for f in MAPS]
-        return intact, elements
+            kind, body = next(iter(item.items()))
+            if kind in ("set", "map") and body["name"] in SETS:
+                key, data = SETS[body["name"]]
+                if body.get("type") == key and body.get("map") == data:
+                    sets.add(body["name"])
+                contents[body["name"]] = body.get("elem", [])
+            elif kind == "chain" and body["name"] in CHAINS:
+                ctype, hook, prio, _ = CHAINS[body["name"]]
+                if (body.get("type"), body.get("hook"), body.get("prio")) == (ctype, hook, prio):
+                    chains.add(body["name"])
+            elif kind == "rule" and body.get("chain") in rules:
+                rules[body["chain"]].append(body["expr"])
+        intact = sets == set(SETS) and chains == set(CHAINS) and all(rules[n] == [CHAINS[n][3](f) for f in (4, 6)] for n in CHAINS)
+        return intact, _entries(contents)
 
     def change(self, add, remove, intact, current):
-        """Apply one atomic batch: adds and removes Snat elements, repairing the skeleton if needed.
+        """Apply one atomic batch adding and removing entries, repairing the skeleton if needed.
 
-        *current* is every element the table holds now (all tunnels); when none would remain,
+        *current* is every entry the table holds now (all tunnels); when none would remain,
         the whole table goes. Returns the batch that undoes this one.
         """
-        remaining = (current - remove) | add
-        if not remaining:
+        if not (current - remove) | add:
             self._run(_delete_table())
-            return skeleton() + [_element("add", s) for s in sorted(current)] if current else _delete_table()
-        cmds = [] if intact else skeleton()
-        # Elements of a map are keyed by (alias, device): drop the old value before the new one.
-        cmds += [_element("delete", s) for s in sorted(remove)]
-        cmds += [_element("add", s) for s in sorted(add)]
-        self._run(cmds)
+            return skeleton() + _element_cmds("add", current) if current else _delete_table()
+        repair = [] if intact else skeleton()
+        # remove before add: a map element keyed by (alias, device) gets a new value that way
+        self._run(repair + _element_cmds("delete", remove) + _element_cmds("add", add))
         if not current and not intact:
             return _delete_table()
-        undo = [] if intact else skeleton()
-        undo += [_element("delete", s) for s in sorted(add)]
-        undo += [_element("add", s) for s in sorted(remove)]
-        return undo
+        return repair + _element_cmds("delete", add) + _element_cmds("add", remove)
 
     def run(self, cmds):
         self._run(cmds)
+
+
+def _entries(contents):
+    """Rebuild Snat and Guard objects from set contents; a half-present guard counts as absent."""
+    entries = set()
+    for fam in (4, 6):
+        for key, to in contents.get(f"snat{fam}", []):
+            entries.add(Snat(fam, *key["concat"], to))
+        guarded = set(contents.get(f"guard_addr{fam}", []))
+        for elem in contents.get(f"guard_path{fam}", []):
+            address, device = elem["concat"]
+            if address in guarded:
+                entries.add(Guard(fam, address, device))
+    return entries

@@ -78,17 +78,33 @@ class Snat:
         return f"snat {self.alias} -> {self.to} out {self.device}"
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Guard:
+    """Anti-spoofing, as wg-quick does it: packets to ADDRESS are dropped unless they arrive
+    on DEVICE (or come from this host), so the alias and the tunnel address can't be reached
+    from the LAN side."""
+
+    family: int
+    address: str
+    device: str
+
+    def __str__(self):
+        return f"guard {self.address} reachable only via {self.device}"
+
+
 @dataclasses.dataclass(frozen=True)
 class State:
-    """A set of kernel objects: what should exist (planned) or what does (observed)."""
+    """A set of kernel objects: what should exist (planned) or what does (observed).
+
+    `nft` holds the entries of vpnsplit's nft table (Snat and Guard objects)."""
 
     rules: frozenset = frozenset()
     routes: frozenset = frozenset()
     addresses: frozenset = frozenset()
-    snats: frozenset = frozenset()
+    nft: frozenset = frozenset()
 
     def objects(self):
-        return sorted(self.rules) + sorted(self.routes) + sorted(self.addresses) + sorted(self.snats)
+        return sorted(self.rules) + sorted(self.routes) + sorted(self.addresses) + sorted(self.nft, key=repr)
 
 
 def _fam(addr):
@@ -107,7 +123,7 @@ def plan_up(tunnel, lease):
         for alias in (tunnel.alias, tunnel.alias6):
             if alias is not None and alias == local.ip:
                 raise InputError(f"tunnel {tunnel.name}: alias {alias} equals the tunnel address the VPN gave {lease.device}")
-    rules, routes, snats = set(), set(), set()
+    rules, routes, nft = set(), set(), set()
     for local, alias, gateway in (
         (lease.local4, tunnel.alias, lease.gateway4 or tunnel.gateway),
         (lease.local6, tunnel.alias6, lease.gateway6 or tunnel.gateway6),
@@ -119,14 +135,15 @@ def plan_up(tunnel, lease):
         if lease.dev_type == "tap":
             routes.add(Route(fam, tunnel.table, str(local.network), device=tunnel.device))
         rules.add(Rule(fam, tunnel.priority, tunnel.table, _host(local.ip)))
+        nft.add(Guard(fam, str(local.ip), tunnel.device))
         if alias is not None:
-            snats.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
+            nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
     down = plan_down(tunnel, families=[a.version for a in lease.locals])
     return State(
         rules=frozenset(rules | down.rules),
         routes=frozenset(routes | down.routes),
         addresses=_aliases(tunnel, [a.version for a in lease.locals]) | down.addresses,
-        snats=frozenset(snats),
+        nft=frozenset(nft | down.nft),
     )
 
 
@@ -139,17 +156,18 @@ def plan_down(tunnel, families=()):
     services bound to it keep their sockets. *families* are the address families the tunnel
     carries while up; it lets plan_up reuse this for the parts it shares.
     """
-    rules, routes = set(), set()
+    rules, routes, guards = set(), set(), set()
     alias_families = {4, 6} if tunnel.strict else set(families)
     for alias in (tunnel.alias, tunnel.alias6):
         if alias is not None and _fam(alias) in alias_families:
             rules.add(Rule(_fam(alias), tunnel.priority + 1, tunnel.table, _host(alias)))
+            guards.add(Guard(_fam(alias), str(alias), tunnel.device))
     if tunnel.strict:
         for fam in (4, 6):
             routes.add(Route(fam, tunnel.table, DEFAULT_DST[fam], type="unreachable", metric=UNREACHABLE_METRIC))
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
-    return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs)
+    return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs, nft=frozenset(guards))
 
 
 def _aliases(tunnel, families):
@@ -189,7 +207,7 @@ def diff(desired, current):
         want, have = getattr(desired, name), getattr(current, name)
         return frozenset(want - have), frozenset(have - want)
 
-    parts = {name: part(name) for name in ("rules", "routes", "addresses", "snats")}
+    parts = {name: part(name) for name in ("rules", "routes", "addresses", "nft")}
     return Diff(
         add=State(**{k: v[0] for k, v in parts.items()}),
         remove=State(**{k: v[1] for k, v in parts.items()}),

@@ -145,6 +145,15 @@ class NetnsLab:
                     out[tuple(key["concat"])] = to
         return out
 
+    def guards(self):
+        """The anti-spoofing entries: {(address, the only device it may arrive on)}."""
+        out = set()
+        for item in self.dump()["nft"]:
+            s = item.get("set")
+            if s and s.get("table") == "vpnsplit" and s["name"].startswith("guard_path"):
+                out |= {tuple(e["concat"]) for e in s.get("elem", [])}
+        return out
+
     def addresses(self, dev):
         return sorted(a[2] or a[1] for a in self.dump()["addresses"] if a[0] == dev)
 

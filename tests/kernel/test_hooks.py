@@ -67,6 +67,7 @@ def test_up_applies_table_rules_alias_and_snat(two):
     assert two.table(100) == table
     assert {"10.192.8.1", "fd10:192::1"} <= set(two.addresses("tun0"))
     assert two.snat() == {("10.192.8.1", "tun0"): "10.8.0.2", ("fd10:192::1", "tun0"): "fd00:8::1000"}
+    assert two.guards() == {("10.192.8.1", "tun0"), ("fd10:192::1", "tun0"), ("10.8.0.2", "tun0"), ("fd00:8::1000", "tun0")}
     state = json.loads((two.state_dir / "provider.json").read_text())
     assert state["lease"]["local4"] == "10.8.0.2/24" and state["lease"]["device"] == "tun0"
     assert (two.state_dir / "provider.addr").read_text() == "10.8.0.2\n"
@@ -124,7 +125,8 @@ def test_down_removes_what_up_added_and_keeps_strict_skeleton(two):
     assert two.rules(100) == [(1001, "10.192.8.1/32", 100, PROTO), (1001, "fd10:192::1/128", 100, PROTO)]
     assert two.table(100) == [(V4, UNREACHABLE, "default", None, None, FAIL_METRIC, PROTO),
                               (V6, UNREACHABLE, "default", None, None, FAIL_METRIC, PROTO)]
-    assert two.snat() == {} and not any("vpnsplit" in json.dumps(i) for i in after["nft"])
+    assert two.snat() == {}
+    assert two.guards() == {("10.192.8.1", "tun0"), ("fd10:192::1", "tun0")}  # the alias stays unreachable from the LAN
     assert set(two.addresses("tun0")) == {"10.8.0.2", "fd00:8::1000"} | {a for a in two.addresses("tun0") if a.startswith("fe80")}
     assert not (two.state_dir / "provider.json").exists() and not (two.state_dir / "provider.addr").exists()
     assert _foreign(after) == _foreign(before)

@@ -28,14 +28,14 @@ def test_up_on_tun():
     assert plan.Route(4, 100, "0.0.0.0/0", device="tun0") in s.routes
     assert {r.type for r in s.routes if r.type == "unreachable"} == {"unreachable"}
     assert s.addresses == {plan.Address(4, "tun0", "10.192.8.1")}
-    assert s.snats == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.2")}
+    assert s.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.2"), plan.Guard(4, "10.8.0.2", "tun0"), plan.Guard(4, "10.192.8.1", "tun0")}
 
 
 def test_strict_down_keeps_alias_rules_and_unreachable_for_both_families():
     s = plan.plan_down(tunnel(alias6="fd10::1"))
     assert s.rules == {plan.Rule(4, 1001, 100, "10.192.8.1/32"), plan.Rule(6, 1001, 100, "fd10::1/128")}
     assert {(r.family, r.type) for r in s.routes} == {(4, "unreachable"), (6, "unreachable")}
-    assert not s.snats and not s.addresses  # alias on the tunnel device goes with it
+    assert not s.addresses and all(isinstance(e, plan.Guard) for e in s.nft)  # alias on the tunnel device goes with it
 
 
 def test_alias_on_lo_stays_when_strict():
@@ -68,5 +68,5 @@ def test_diff_of_restart_swaps_only_what_changed():
     t = tunnel()
     d = plan.diff(plan.plan_up(t, lease("10.8.0.7/24")), plan.plan_up(t, lease()))
     assert d.add.rules == {plan.Rule(4, 1000, 100, "10.8.0.7/32")} and d.remove.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32")}
-    assert d.add.snats == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7")} and not d.add.routes and not d.remove.routes
+    assert d.add.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7"), plan.Guard(4, "10.8.0.7", "tun0")} and not d.add.routes and not d.remove.routes
     assert not plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease()))
