@@ -18,10 +18,11 @@ class Check:
     what: str
     expected: str
     seen: str
+    passed: bool | None = None  # when "seen == expected" is not the test
 
     @property
     def ok(self):
-        return self.seen == self.expected
+        return self.seen == self.expected if self.passed is None else self.passed
 
     def line(self):
         mark = "ok  " if self.ok else "FAIL"
@@ -82,11 +83,9 @@ def fail_closed_checks(lab, alias, protos=PROTOS):
         start = time.monotonic()
         seen = lab.whoami(alias, proto=proto)
         took = time.monotonic() - start
-        checks.append(Check(f"{proto.upper()} from alias {alias} with the tunnel down", "an error",
-                            "an error" if seen.startswith("error") else f"answer {seen}"))
         # A probe interpreter starts in ~50 ms; a timeout would take probe.TIMEOUT (3 s).
-        checks.append(Check(f"{proto.upper()} from alias {alias} fails at once (<1.5 s)", "yes",
-                            "yes" if took < 1.5 else f"no, {seen} after {took:.1f} s"))
+        checks.append(Check(f"{proto.upper()} from alias {alias} with the tunnel down", "an error at once (< 1.5 s)",
+                            f"{seen} after {took:.2f} s", passed=seen.startswith("error") and took < 1.5))
     checks += seen_from(lab, HOST_ADDR, HOST_ADDR, protos=protos[:1], label=f"LAN address {HOST_ADDR}")
     counts = counter.counts()
     counter.remove()
