@@ -23,6 +23,7 @@ EPILOG = """\
 examples:
   vpnsplit up provider          re-apply tunnel 'provider' from the recorded lease (or its device)
   vpnsplit down provider        remove it, keeping the strict fail-closed routes
+  vpnsplit up --all             every tunnel at once (at boot: fail closed before the first connect)
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
 
@@ -41,9 +42,11 @@ def _parser():
     p.add_argument("-q", "--quiet", action="store_true", help="log only errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     up = sub.add_parser("up", help="apply a tunnel's routes, rules, alias and NAT (idempotent)")
-    up.add_argument("name", metavar="NAME", help="tunnel name: the NAME of [tunnel.NAME]")
     down = sub.add_parser("down", help="remove what up applied (the strict fail-closed routes stay)")
-    down.add_argument("name", metavar="NAME")
+    for s in (up, down):
+        which = s.add_mutually_exclusive_group(required=True)
+        which.add_argument("name", nargs="?", metavar="NAME", help="tunnel name: the NAME of [tunnel.NAME]")
+        which.add_argument("--all", action="store_true", help="every configured tunnel, in one transaction")
     for cmd, text in (("status", "show, per tunnel, what should be in the kernel and what is"), ("check", "exit 3 when the kernel differs from the recorded state")):
         s = sub.add_parser(cmd, help=text)
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
@@ -52,11 +55,18 @@ def _parser():
 
 
 def cmd_up(args, cfg):
-    tunnel = cfg.tunnel(args.name, "vpnsplit up")
+    """One tunnel, or with --all every tunnel: those whose device exists go up, the others
+    down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
+    the first connect."""
+    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit up")]
     with runner.session() as (kernel, statedir):
-        lease = _current_lease(kernel, statedir, tunnel)
-        changes = engine.up(kernel, statedir, tunnel, lease)
-    log.info("tunnel %s up on %s: %s", tunnel.name, tunnel.device, f"{len(changes)} change(s)" if changes else "already in place")
+        targets = []
+        for tunnel in tunnels:
+            absent = args.all and kernel.nl.link_index(tunnel.device) is None
+            targets.append((tunnel, None if absent else _current_lease(kernel, statedir, tunnel)))
+        changes = engine.converge(kernel, statedir, targets)
+    what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
+    log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
 
 
 def _current_lease(kernel, statedir, tunnel):
@@ -74,10 +84,11 @@ def _current_lease(kernel, statedir, tunnel):
 
 
 def cmd_down(args, cfg):
-    tunnel = cfg.tunnel(args.name, "vpnsplit down")
+    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit down")]
     with runner.session() as (kernel, statedir):
-        changes = engine.down(kernel, statedir, tunnel)
-    log.info("tunnel %s down: %s", tunnel.name, f"{len(changes)} change(s)" if changes else "nothing to remove")
+        changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels])
+    what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
+    log.info("%s down: %s", what, f"{len(changes)} change(s)" if changes else "nothing to remove")
 
 
 def _reports(args, cfg):

@@ -26,13 +26,19 @@ class Step:
 
 
 class Kernel:
-    """The two backends of one run: a netlink socket and, on first use, libnftables."""
+    """The two backends of one run: a netlink socket and, on first use, libnftables.
+
+    Observation is one rule dump and one nft listing per run, shared by every tunnel the
+    run handles (dumps are cached until `forget()`, which run_steps calls after changing
+    anything), so a run over many tunnels costs no more dumps than a run over one.
+    """
 
     def __init__(self):
         from vpnsplit.netlink import Netlink
 
         self.nl = Netlink()
         self._nat = None
+        self.forget()
 
     @property
     def nat(self):
@@ -45,17 +51,30 @@ class Kernel:
     def close(self):
         self.nl.close()
 
+    def forget(self):
+        """Drop cached dumps: the next observation reads the kernel again."""
+        self._rules = self._nat_view = None
+
+    def nat_view(self):
+        """(skeleton intact, every entry of vpnsplit's nft table), read once per run."""
+        if self._nat_view is None:
+            intact, entries = self.nat.observe()
+            self._nat_view = (intact, frozenset(entries))
+        return self._nat_view
+
     def observe(self, tunnel):
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
-        rules = frozenset(r for r in self.nl.dump_rules() if r.table == tunnel.table)
+        if self._rules is None:
+            self._rules = self.nl.dump_rules()
+        rules = frozenset(r for r in self._rules if r.table == tunnel.table)
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
-        intact, entries = self.nat.observe()
+        intact, entries = self.nat_view()
         aliases = {str(a) for a in (tunnel.alias, tunnel.alias6) if a}
         nft = frozenset(e for e in entries if e.device == tunnel.device or (e.alias if isinstance(e, plan.Snat) else e.address) in aliases)
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
-        return state, foreign, (intact, frozenset(entries))
+        return state, foreign, (intact, entries)
 
     def lease_from_device(self, tunnel):
         """Read the tunnel's lease off its device (wg-quick passes nothing else)."""
@@ -153,32 +172,54 @@ def _rollback(done):
 
 def up(kernel, statedir, tunnel, lease):
     """Bring the kernel to the 'up' state for *tunnel* with *lease*; record the lease."""
-    desired = plan.plan_up(tunnel, lease)
-    for dev in {tunnel.device, tunnel.alias_dev}:
-        if kernel.nl.link_index(dev) is None:
-            raise InputError(f"tunnel {tunnel.name}: device {dev!r} does not exist")
-    current, foreign, nat_view = kernel.observe(tunnel)
-    if foreign:
-        raise InputError(
-            f"tunnel {tunnel.name}: table {tunnel.table} holds routes vpnsplit did not create ({', '.join(foreign[:3])}); "
-            f"choose a table of its own"
-        )
-    steps = _steps(kernel, plan.diff(desired, current), nat_view, desired)
-    if statedir.load_quiet(tunnel.name) != lease:
-        snap = statedir.snapshot(tunnel.name)
-        steps.append(Step("record state", lambda: statedir.save(tunnel.name, lease) or True, lambda: statedir.restore(tunnel.name, snap)))
-    return run_steps(steps)
+    return converge(kernel, statedir, [(tunnel, lease)])
 
 
 def down(kernel, statedir, tunnel):
     """Remove what up added, keeping the strict fail-closed skeleton; forget the lease."""
-    desired = plan.plan_down(tunnel)
-    current, _foreign, nat_view = kernel.observe(tunnel)
-    steps = _steps(kernel, plan.diff(desired, current), nat_view, desired)
-    snap = statedir.snapshot(tunnel.name)
-    if any(snap.values()):
-        steps.append(Step("forget state", lambda: statedir.forget(tunnel.name) or True, lambda: statedir.restore(tunnel.name, snap)))
-    return run_steps(steps)
+    return converge(kernel, statedir, [(tunnel, None)])
+
+
+def converge(kernel, statedir, targets):
+    """Bring each (tunnel, lease) to 'up' with that lease, or to 'down' where lease is None.
+
+    All tunnels go in one run: one observation, one list of steps, one nft transaction,
+    one rollback if any step fails. Refusals (missing device, a table holding foreign
+    routes) come before the first change.
+    """
+    desired, current, records = plan.State(), plan.State(), []
+    for tunnel, lease in targets:
+        if lease is not None:
+            want = plan.plan_up(tunnel, lease)
+            for dev in {tunnel.device, tunnel.alias_dev}:
+                if kernel.nl.link_index(dev) is None:
+                    raise InputError(f"tunnel {tunnel.name}: device {dev!r} does not exist")
+        else:
+            want = plan.plan_down(tunnel)
+        have, foreign, _ = kernel.observe(tunnel)
+        if foreign and lease is not None:
+            raise InputError(
+                f"tunnel {tunnel.name}: table {tunnel.table} holds routes vpnsplit did not create ({', '.join(foreign[:3])}); "
+                f"choose a table of its own"
+            )
+        desired, current = desired | want, current | have
+        records += _record_step(statedir, tunnel, lease)
+    steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + records
+    try:
+        return run_steps(steps)
+    finally:
+        kernel.forget()
+
+
+def _record_step(statedir, tunnel, lease):
+    """The state-file step of a run (none if the record is already right), undone by restoring the old files."""
+    name = tunnel.name
+    snap = statedir.snapshot(name)
+    if lease is not None and statedir.load_quiet(name) != lease:
+        return [Step("record state", lambda: statedir.save(name, lease) or True, lambda: statedir.restore(name, snap))]
+    if lease is None and any(snap.values()):
+        return [Step("forget state", lambda: statedir.forget(name) or True, lambda: statedir.restore(name, snap))]
+    return []
 
 
 def desired_for(statedir, tunnel):

@@ -106,6 +106,10 @@ class State:
     def objects(self):
         return sorted(self.rules) + sorted(self.routes) + sorted(self.addresses) + sorted(self.nft, key=repr)
 
+    def __or__(self, other):
+        """Both states together (tunnels' objects never overlap: tables, aliases, devices are unique)."""
+        return State(*(getattr(self, f.name) | getattr(other, f.name) for f in dataclasses.fields(self)))
+
 
 def _fam(addr):
     return addr.version

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import sys
 
 import pytest
 
@@ -284,3 +285,44 @@ def test_example_config_verbatim(ns):
     ok(ns.openvpn("up", "tun0", "10.8.0.2", "255.255.255.0"))
     assert ns.rules(100) == [(1000, "10.8.0.2/32", 100, PROTO), (1001, "10.192.8.1/32", 100, PROTO)]
     assert ns.snat() == {("10.192.8.1", "tun0"): "10.8.0.2"}
+
+
+def test_up_all_brings_present_tunnels_up_and_absent_ones_fail_closed(two):
+    two.ip("link", "del", "tun1")
+    ok(two.vpnsplit("up", "--all"))
+    rules, table = provider_up_state()
+    assert two.rules(100) == rules and two.table(100) == table  # read off tun0 itself
+    # tun1 is absent and work is not strict: nothing of it in the kernel
+    assert two.rules(101) == [] and two.table(101) == []
+    assert "10.192.9.1" not in two.addresses("lo")
+    first = two.dump()
+    assert "already in place" in ok(two.vpnsplit("up", "--all")).stderr
+    assert two.dump() == first
+    ok(two.vpnsplit("down", "--all"))
+    assert two.rules(100) == [(1001, "10.192.8.1/32", 100, PROTO), (1001, "fd10:192::1/128", 100, PROTO)]
+    assert ok(two.vpnsplit("check")).returncode == 0
+
+
+def test_up_all_before_any_vpn_connects_fails_closed(ns):
+    ns.write_config(TWO_TUNNELS.replace("strict       = false", "strict       = true"))
+    ok(ns.vpnsplit("up", "--all"))
+    assert ns.rules(100) == [(1001, "10.192.8.1/32", 100, PROTO), (1001, "fd10:192::1/128", 100, PROTO)]
+    assert ns.rules(101) == [(1101, "10.192.9.1/32", 101, PROTO)]
+    assert [r[1] for r in ns.table(101)] == [UNREACHABLE, UNREACHABLE]
+    assert "10.192.9.1" in ns.addresses("lo")  # services can bind now, and cannot leak
+    ns.add_tun("up0", "192.0.2.100/24")  # the host's uplink, with its default route
+    ns.ip("route", "add", "default", "dev", "up0")
+    assert send_udp(ns, None) == "sent"  # control: unbound traffic leaves by the uplink
+    assert send_udp(ns, "10.192.9.1") == "EHOSTUNREACH"  # the unreachable route answers at once
+
+
+def send_udp(ns, source):
+    """Send one datagram to an 'internet' address, optionally bound to *source*: 'sent' or the errno name."""
+    code = (
+        "import errno, socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(({source or ''!r}, 0))\n"
+        "try:\n    s.sendto(b'x', ('192.0.2.1', 9)); print('sent')\n"
+        "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
+    return ns.exec(sys.executable, "-c", code).stdout.strip()
