@@ -18,10 +18,6 @@ def provider(device="tun0", **extra):
     return dict(device=device, table=100, priority=1000, alias=ALIAS, **extra)
 
 
-def assert_checks(found, lab):  # noqa: F811
-    assert not checks.failed(found), checks.explain(found, lab)
-
-
 @pytest.mark.parametrize("alias_device", [None, "lo"], ids=["alias-on-tun", "alias-on-lo"])
 def test_subnet_tls(lab, alias_device):  # noqa: F811
     """topology subnet, route-nopull, address from the server's pool."""
@@ -33,12 +29,12 @@ def test_subnet_tls(lab, alias_device):  # noqa: F811
     tunnel_addr = lab.address_of("tun0")
     assert tunnel_addr and tunnel_addr.startswith("10.8.0."), lab.diagnostics()
 
-    assert_checks(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
+    checks.assert_ok(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
 
     client.stop()
     rules = lab.rules()
     assert tunnel_addr not in rules and tunnel_addr not in lab.nft_ruleset(), lab.diagnostics()
-    assert_checks(checks.lan_checks(lab), lab)
+    checks.assert_ok(checks.lan_checks(lab), lab)
 
 
 @pytest.mark.parametrize("mode, example, device", [
@@ -55,4 +51,4 @@ def test_other_topologies(lab, mode, example, device):  # noqa: F811
     tunnel_addr = lab.address_of(device)
     assert tunnel_addr, lab.diagnostics()
 
-    assert_checks(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
+    checks.assert_ok(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)

@@ -18,10 +18,6 @@ PROVIDER = dict(device="tun0", table=100, priority=1000, alias=ALIAS, alias_devi
 FIRST, SECOND = "10.8.0.50", "10.8.0.60"
 
 
-def assert_checks(found, lab):  # noqa: F811
-    assert not checks.failed(found), checks.explain(found, lab)
-
-
 @pytest.mark.parametrize("sig, options", [
     (signal.SIGUSR1, []),
     (signal.SIGUSR1, ["--persist-tun"]),
@@ -35,13 +31,13 @@ def test_reconnect_with_new_address(lab, sig, options):  # noqa: F811
     lab.openvpn_server("subnet", address=FIRST)
     client = lab.openvpn_client("client.conf", options)
     assert lab.address_of("tun0") == FIRST, lab.diagnostics()
-    assert_checks(checks.seen_from(lab, ALIAS, FIRST), lab)
+    checks.assert_ok(checks.seen_from(lab, ALIAS, FIRST), lab)
 
     lab.openvpn_server_address("subnet", SECOND)
     client.reconnect(sig)
 
     assert lab.address_of("tun0") == SECOND, lab.diagnostics()
-    assert_checks(checks.tunnel_checks(lab, ALIAS, SECOND), lab)
+    checks.assert_ok(checks.tunnel_checks(lab, ALIAS, SECOND), lab)
     leftovers = [where for where, text in (("ip rule", lab.rules()), ("nft", lab.nft_ruleset()),
                                            ("routes", lab.routes(100))) if FIRST in text]
     assert not leftovers, f"old address {FIRST} still in {leftovers}\n{lab.diagnostics()}"
@@ -53,14 +49,14 @@ def test_privilege_drop_with_down_root_plugin(lab):  # noqa: F811
     checks.start_listeners(lab)
     lab.openvpn_server("subnet", address=FIRST)
     client = lab.openvpn_client("client-nobody.conf")
-    assert_checks(checks.tunnel_checks(lab, ALIAS, FIRST), lab)
+    checks.assert_ok(checks.tunnel_checks(lab, ALIAS, FIRST), lab)
 
     client.stop()
     log = client.log()
     assert "Traceback" not in log, log
     assert FIRST not in lab.rules() and FIRST not in lab.nft_ruleset(), \
         f"down (as root via the plugin) did not remove the tunnel's rule/NAT\n{lab.diagnostics()}"
-    assert_checks(checks.fail_closed_checks(lab, ALIAS), lab)
+    checks.assert_ok(checks.fail_closed_checks(lab, ALIAS), lab)
 
 
 def test_privilege_drop_without_plugin_explains(lab):  # noqa: F811
@@ -69,11 +65,11 @@ def test_privilege_drop_without_plugin_explains(lab):  # noqa: F811
     checks.start_listeners(lab)
     lab.openvpn_server("subnet", address=FIRST)
     client = lab.openvpn_client("client.conf", ["--user", "nobody", "--group", "nogroup"])
-    assert_checks(checks.seen_from(lab, ALIAS, FIRST), lab)
+    checks.assert_ok(checks.seen_from(lab, ALIAS, FIRST), lab)
 
     client.stop()
     log = client.log()
     assert "Traceback" not in log, log
     assert "openvpn-plugin-down-root.so" in log, f"the down hook should name the fix\n{log[-3000:]}"
     # Whatever was left behind keeps the alias failing closed: no leak meanwhile.
-    assert_checks(checks.fail_closed_checks(lab, ALIAS), lab)
+    checks.assert_ok(checks.fail_closed_checks(lab, ALIAS), lab)

@@ -101,6 +101,11 @@ def failed(checks):
     return [c for c in checks if not c.ok]
 
 
+def assert_ok(found, lab):
+    """Fail the test with every check and the lab's state if any check failed."""
+    assert not failed(found), explain(found, lab)
+
+
 def explain(checks, lab):
     """An assertion message: every check, then the host's routing state and hook logs."""
     return "\n".join([*(c.line() for c in checks), "", lab.diagnostics()])

@@ -156,9 +156,10 @@ class Lab(Network):
             time.sleep(0.02)
         raise RuntimeError(f"listener in {role} did not start")
 
-    def whoami(self, src, dst=TARGET, proto="tcp", port=PROBE_PORT, role="host"):
+    def whoami(self, src, dst=TARGET, proto="tcp", port=PROBE_PORT, role="host", timeout=3.0):
         """Connect from *src* to the listener at *dst*: the address it saw, or 'error ERRNO'."""
-        return self.run(role, [sys.executable, PROBE, "ask", proto, src, dst, str(port)], check=False).stdout.strip()
+        argv = [sys.executable, PROBE, "ask", proto, src, dst, str(port), str(timeout)]
+        return self.run(role, argv, check=False).stdout.strip()
 
     # -- observing ------------------------------------------------------------------------
     def rules(self, role="host", family="-4"):

@@ -5,7 +5,7 @@ The lab runs this file as a script inside a namespace (`ip netns exec NS python 
     serve PORT ADDR...    answer every TCP connection and UDP datagram to ADDR:PORT with
                           the source address the packet arrived from, and log
                           "tcp|udp ADDRESS" per peer on stdout
-    ask PROTO SRC DST PORT
+    ask PROTO SRC DST PORT [TIMEOUT]
                           bind to SRC, send to DST:PORT, print the answer; on failure print
                           "error ERRNO_NAME" and exit 1
 
@@ -69,12 +69,12 @@ def serve(port, addresses):
     threading.Event().wait()
 
 
-def ask(proto, src, dst, port):
+def ask(proto, src, dst, port, timeout=TIMEOUT):
     """Return the far end's answer (the address it saw). Raises OSError on failure."""
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(family, kind) as s:
-        s.settimeout(TIMEOUT)
+        s.settimeout(timeout)
         s.bind((src, 0))
         s.connect((dst, port))
         if proto == "tcp":
@@ -88,8 +88,9 @@ def main(argv):
         serve(int(argv[1]), argv[2:])
     elif argv[:1] == ["ask"]:
         proto, src, dst, port = argv[1:5]
+        timeout = float(argv[5]) if len(argv) > 5 else TIMEOUT
         try:
-            print(ask(proto, src, dst, int(port)))
+            print(ask(proto, src, dst, int(port), timeout))
         except socket.timeout:
             print("error ETIMEDOUT")
             return 1
