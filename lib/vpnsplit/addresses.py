@@ -21,8 +21,17 @@ def ifname(value, where):
     return value
 
 
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
 def host_address(value, where, version=None):
-    """Parse a unicast host address usable as a source (no zone id, loopback, multicast...)."""
+    """Parse a unicast host address usable as a source (no zone id, loopback, multicast...).
+
+    Python's ipaddress accepts an IPv6 zone id ("fd00::1%eth0") and keeps it in str(),
+    which would then reach netlink and nft as a malformed literal: a zone id is refused
+    here. IPv4-mapped IPv6 (::ffff:a.b.c.d) and 0.0.0.0/8 ("this network", RFC 1122)
+    are never valid source addresses either, though ipaddress flags neither.
+    """
     if not isinstance(value, str):
         raise InputError(f"{where}: {value!r} is not an IP address")
     try:
@@ -31,12 +40,16 @@ def host_address(value, where, version=None):
         raise InputError(f"{where}: {value!r} is not an IP address") from None
     if version is not None and addr.version != version:
         raise InputError(f"{where}: {value!r} is not an IPv{version} address")
+    if addr.version == 6 and addr.scope_id is not None:
+        raise InputError(f"{where}: {value!r} has a zone id (%{addr.scope_id}); give the address alone")
     for bad, what in (
         (addr.is_unspecified, "unspecified"),
         (addr.is_loopback, "loopback"),
         (addr.is_multicast, "multicast"),
         (addr.is_link_local, "link-local"),
         (addr.version == 4 and addr.is_reserved, "reserved (240.0.0.0/4)"),
+        (addr.version == 4 and addr in _THIS_NETWORK, "'this network' (0.0.0.0/8)"),
+        (addr.version == 6 and addr.ipv4_mapped is not None, "IPv4-mapped (::ffff:0:0/96)"),
     ):
         if bad:
             raise InputError(f"{where}: {value!r} is a {what} address, not a usable source address")
@@ -54,11 +67,19 @@ def host_interface(addr, prefixlen, where):
 
 
 def netmask_prefix(value, where):
-    """Turn a dotted netmask (255.255.255.0) into a prefix length."""
+    """Turn a dotted netmask (255.255.255.0) into a prefix length (1-32).
+
+    ipaddress also takes a bare prefix ("24") and a hostmask ("0.0.0.255") after the
+    slash, and "0.0.0.0" would make the tunnel subnet the whole Internet: only a
+    dotted netmask that round-trips exactly, with at least one bit set, is accepted.
+    """
     try:
-        return ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
-    except ValueError:
-        raise InputError(f"{where}: {value!r} is not a netmask") from None
+        prefix = ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
+    except (ValueError, TypeError):
+        prefix = None
+    if not prefix or str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask) != value:
+        raise InputError(f"{where}: {value!r} is not a netmask (128.0.0.0-255.255.255.255)")
+    return prefix
 
 
 def prefix_length(value, where, version):

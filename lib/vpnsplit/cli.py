@@ -137,6 +137,9 @@ def _describe(r):
     lines = [head]
     lines += [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]]
     lines += [f"  STALE    {s}" for s in r["stale"]]
+    rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
+    lines += [f"  rp_filter on {dev}: {rpf.get(v, v)}" + (f", forwarding {'on' if r['forwarding'].get(dev) else 'off'}" if dev in r["forwarding"] else "")
+              for dev, v in r["rp_filter"].items()]
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
     return "\n".join(lines)

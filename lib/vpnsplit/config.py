@@ -16,15 +16,29 @@ from vpnsplit.errors import InputError
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 
-# vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases), +2 (sources).
-PRIORITY_SPAN = 3
-# 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules.
-PRIORITY_MIN, PRIORITY_MAX = 1, 32765 - (PRIORITY_SPAN - 1)
+# vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases),
+# +2 (source subnets' LAN exceptions) and +3 (source subnets).
+PRIORITY_SPAN = 4
+# 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, and wg-quick takes
+# the free ones just below (32765, 32764): ours stay under that.
+PRIORITY_MIN, PRIORITY_MAX = 1, 32763 - (PRIORITY_SPAN - 1)
+# OpenWrt's pbr deletes every rule in this window when it reloads.
+SWEPT_PRIORITIES = range(29745, 30002)
+# `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
+ID_BASE, ID_MAX = 10000, 250
 # 0 is "unspecified", 253-255 are default/main/local.
 RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local"}
 TABLE_MAX = 2**32 - 1
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+# Far above any real config; a bound so that --config /dev/zero or a huge file cannot eat memory.
+MAX_SIZE = 1 << 20
+
+
+def shown(text):
+    """*text* as it may appear inside a one-line message: repr() when it holds a newline or
+    other unprintable character (a path or TOML key can), so an error stays one line."""
+    return text if isinstance(text, str) and text.isprintable() else repr(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +55,12 @@ class Tunnel:
     strict: bool = True
     gateway: ipaddress.IPv4Address | None = None
     gateway6: ipaddress.IPv6Address | None = None
+    # forwarded subnets (containers, bridges) that leave through the tunnel, SNAT-ed
+    sources: tuple = ()
+    # destinations those subnets reach through the main table instead (the LAN)
+    lan: tuple = ()
+    # inbound port forwards from the tunnel address to the alias: ("tcp", 51413), or ("", 0) for all
+    forward: tuple = ()
 
     @property
     def alias_dev(self):
@@ -62,7 +82,7 @@ class Config:
         try:
             return self.tunnels[name]
         except KeyError:
-            raise InputError(f"{where}: no tunnel {name!r} in {self.path} (known: {_known(self)})") from None
+            raise InputError(f"{where}: no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
 
     def tunnel_for_device(self, device, where):
         """The tunnel whose `device` is *device*; InputError otherwise."""
@@ -70,7 +90,7 @@ class Config:
             if tunnel.device == device:
                 return tunnel
         raise InputError(
-            f"{where}: device {device!r} has no [tunnel.*] section in {self.path} (known: {_known(self)}); "
+            f"{where}: device {device!r} has no [tunnel.*] section in {shown(self.path)} (known: {_known(self)}); "
             f"add one with device = {device!r}, or pass --tunnel NAME"
         )
 
@@ -88,40 +108,59 @@ def load(path, check_owner=None):
     """Read and validate the config at *path*.
 
     As root, the file must be owned by root and not writable by group or others (like
-    sshd): whoever can write it decides how this host routes.
+    sshd): whoever can write it decides how this host routes. Only a regular file of at
+    most MAX_SIZE bytes is read: a directory, FIFO or device (/dev/zero) would otherwise
+    give a traceback, block, or fill memory. O_NONBLOCK keeps the open of a FIFO from
+    blocking before fstat can tell what it is.
     """
+    where = f"config {shown(path)}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise InputError(f"config {path}: cannot open: {e.strerror}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise InputError(f"{where}: cannot open: {getattr(e, 'strerror', None) or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # before fdopen, which refuses a directory with an OSError
+        os.close(fd)
+        raise InputError(f"{where}: is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
         if check_owner is None:
             check_owner = os.geteuid() == 0
         if check_owner and (st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
             raise InputError(
-                f"config {path}: must be owned by root and not group/world-writable "
-                f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); fix: chown root {path}; chmod go-w {path}"
+                f"{where}: must be owned by root and not group/world-writable "
+                f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); fix: chown root {shown(path)}; chmod go-w {shown(path)}"
             )
         try:
-            data = tomllib.load(f)
+            raw = f.read(MAX_SIZE + 1)
+        except OSError as e:
+            raise InputError(f"{where}: cannot read: {e.strerror}") from None
+        if len(raw) > MAX_SIZE:
+            raise InputError(f"{where}: larger than {MAX_SIZE} bytes; not a vpnsplit config")
+        try:
+            data = tomllib.loads(raw.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"config {path}: not valid TOML: {e}") from None
+            raise InputError(f"{where}: not valid TOML: {shown(str(e))}") from None
     return parse(data, path)
 
 
 def parse(data, path="<config>"):
-    """Validate a parsed TOML document into a Config."""
+    """Validate a parsed TOML document into a Config.
+
+    *data* normally comes from tomllib (string keys only), but any dict is refused with
+    an InputError rather than a TypeError; names are shown with repr() when unprintable.
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"config {shown(path)}: must be a TOML document of [tunnel.NAME] sections")
     unknown = set(data) - {"tunnel"}
     if unknown:
-        raise InputError(f"config {path}: unknown top-level key {sorted(unknown)[0]!r} (only [tunnel.NAME] sections)")
+        raise InputError(f"config {shown(path)}: unknown top-level key {sorted(map(str, unknown))[0]!r} (only [tunnel.NAME] sections)")
     sections = data.get("tunnel", {})
     if not isinstance(sections, dict):
-        raise InputError(f"config {path}: 'tunnel' must be a table of [tunnel.NAME] sections")
+        raise InputError(f"config {shown(path)}: 'tunnel' must be a table of [tunnel.NAME] sections")
     tunnels = {}
     for name, section in sections.items():
-        where = f"config {path}: [tunnel.{name}]"
-        if not _NAME.fullmatch(name):
+        where = f"config {shown(path)}: [tunnel.{shown(name)}]"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InputError(f"{where}: tunnel name {name!r} must be 1-32 of A-Z a-z 0-9 _ . - (no leading . or -)")
         if not isinstance(section, dict):
             raise InputError(f"{where}: must be a table of keys")
@@ -130,17 +169,24 @@ def parse(data, path="<config>"):
     return Config(path=path, tunnels=tunnels)
 
 
-_KEYS = {"device", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6"}
+_KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward"}
 
 
 def _tunnel(name, s, where):
     unknown = set(s) - _KEYS
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(unknown, key=repr)[0]
         raise InputError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
-    for key in ("device", "table", "priority"):
+    for key in ("device",) if "id" in s else ("device", "table", "priority"):
         if key not in s:
-            raise InputError(f"{where}: missing required key {key!r}")
+            raise InputError(f"{where}: missing required key {key!r}" + ("" if key == "device" else " (or give an id)"))
+    derived = {}
+    if "id" in s:
+        ident = _int(s, "id", where)
+        if not 1 <= ident <= ID_MAX:
+            raise InputError(f"{where}: id = {ident} is out of range 1-{ID_MAX}")
+        derived = {"table": ID_BASE + ident, "priority": ID_BASE + PRIORITY_SPAN * ident}
+    s = {**derived, **s}
 
     table = _int(s, "table", where)
     if table in RESERVED_TABLES or not 0 < table <= TABLE_MAX:
@@ -152,12 +198,24 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-32765 (0, 32766 and 32767 are the kernel's)"
+            f"which must stay within {PRIORITY_MIN}-32763 (0, 32766 and 32767 are the kernel's, 32764-32765 wg-quick's)"
+        )
+    if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
+        raise InputError(
+            f"{where}: priority = {priority}: vpnsplit's rules {priority}-{priority + PRIORITY_SPAN - 1} would fall in "
+            f"{SWEPT_PRIORITIES.start}-{SWEPT_PRIORITIES.stop - 1}, which OpenWrt's pbr deletes on reload; choose another"
         )
     strict = s.get("strict", True)
     if not isinstance(strict, bool):
         raise InputError(f"{where}: strict = {strict!r} must be true or false")
     alias_device = s.get("alias_device")
+    sources = _networks(s, "sources", where)
+    lan = _networks(s, "lan", where)
+    if lan and not sources:
+        raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources, and there are none")
+    forward = _forwards(s, where)
+    if forward and s.get("alias") is None and s.get("alias6") is None:
+        raise InputError(f"{where}: forward = {s['forward']!r} needs an alias (or alias6) to forward to")
     return Tunnel(
         name=name,
         device=addresses.ifname(s["device"], f"{where} device"),
@@ -169,7 +227,47 @@ def _tunnel(name, s, where):
         strict=strict,
         gateway=_addr(s, "gateway", 4, where),
         gateway6=_addr(s, "gateway6", 6, where),
+        sources=sources,
+        lan=lan,
+        forward=forward,
     )
+
+
+def _networks(s, key, where):
+    """A list of subnets written without host bits ("10.20.1.0/24")."""
+    value = s.get(key, [])
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key} = {value!r} must be a list of subnets, like [\"10.20.1.0/24\"]")
+    nets = []
+    for item in value:
+        try:
+            net = ipaddress.ip_network(item) if isinstance(item, str) else None
+        except ValueError:
+            net = None
+        if net is None or "%" in item or net.prefixlen == 0 or net.is_loopback or net.is_multicast:
+            raise InputError(f"{where}: {key} entry {item!r} is not a subnet (address/prefix without host bits, not /0)")
+        nets.append(net)
+    return tuple(nets)
+
+
+_FORWARD = re.compile(r"(tcp|udp)/([0-9]{1,5})")
+
+
+def _forwards(s, where):
+    """"tcp/51413", "udp/51413", or "all" (every port and protocol)."""
+    value = s.get("forward", [])
+    if not isinstance(value, list):
+        raise InputError(f"{where}: forward = {value!r} must be a list like [\"tcp/51413\", \"udp/51413\"] or [\"all\"]")
+    out = []
+    for item in value:
+        m = _FORWARD.fullmatch(item) if isinstance(item, str) else None
+        if item == "all":
+            out.append(("", 0))
+        elif m and 0 < int(m.group(2)) < 65536:
+            out.append((m.group(1), int(m.group(2))))
+        else:
+            raise InputError(f"{where}: forward entry {item!r} is not tcp/PORT, udp/PORT or all")
+    return tuple(out)
 
 
 def _int(s, key, where):
@@ -192,8 +290,9 @@ def _check_clashes(tunnels, path):
         claims = [("device", t.device), ("table", t.table)]
         claims += [("alias", a) for a in (t.alias, t.alias6) if a is not None]
         claims += [("priority", p) for p in t.priorities]
+        claims += [("source subnet", n) for n in t.sources]
         for kind, value in claims:
             other = seen.setdefault((kind, value), t.name)
             if other != t.name:
                 extra = f" (tunnel {t.name} uses {t.priority}-{t.priority + PRIORITY_SPAN - 1})" if kind == "priority" else ""
-                raise InputError(f"config {path}: [tunnel.{t.name}] {kind} {value} is already used by [tunnel.{other}]{extra}")
+                raise InputError(f"config {shown(path)}: [tunnel.{t.name}] {kind} {value} is already used by [tunnel.{other}]{extra}")

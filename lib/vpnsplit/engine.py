@@ -66,13 +66,14 @@ class Kernel:
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
         if self._rules is None:
             self._rules = self.nl.dump_rules()
-        rules = frozenset(r for r in self._rules if r.table == tunnel.table)
+        # a tunnel's rules point into its table, or (LAN exceptions into main) sit in its priorities
+        rules = frozenset(r for r in self._rules if r.table == tunnel.table or r.priority in tunnel.priorities)
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
         intact, entries = self.nat_view()
-        aliases = {str(a) for a in (tunnel.alias, tunnel.alias6) if a}
-        nft = frozenset(e for e in entries if e.device == tunnel.device or (e.alias if isinstance(e, plan.Snat) else e.address) in aliases)
+        # every nft entry names the tunnel device it is about, and devices are unique per tunnel
+        nft = frozenset(e for e in entries if e.device == tunnel.device)
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 
@@ -194,6 +195,7 @@ def converge(kernel, statedir, targets):
             for dev in {tunnel.device, tunnel.alias_dev}:
                 if kernel.nl.link_index(dev) is None:
                     raise InputError(f"tunnel {tunnel.name}: device {dev!r} does not exist")
+            _refuse_overlaps(kernel, tunnel, lease)
         else:
             want = plan.plan_down(tunnel)
         have, foreign, _ = kernel.observe(tunnel)
@@ -203,7 +205,8 @@ def converge(kernel, statedir, targets):
                 f"choose a table of its own"
             )
         desired, current = desired | want, current | have
-        records += _record_step(statedir, tunnel, lease)
+        switches, forwarding = _forwarding(kernel, statedir, tunnel, lease)
+        records += switches + _record_step(statedir, tunnel, lease, forwarding)
     steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + records
     try:
         return run_steps(steps)
@@ -211,12 +214,71 @@ def converge(kernel, statedir, targets):
         kernel.forget()
 
 
-def _record_step(statedir, tunnel, lease):
+def _refuse_overlaps(kernel, tunnel, lease):
+    """Refuse (InputError, before any change) a lease whose address collides with the host.
+
+    A tunnel address inside a subnet connected on another device (a `proto kernel` route
+    in the main table: the LAN) would answer ARP there for a LAN host's address and hide
+    that host; an alias inside the tunnel's own subnet may be another VPN client's address.
+    """
+    import ipaddress
+    import socket
+
+    for local in lease.locals:
+        for alias in (tunnel.alias, tunnel.alias6):
+            if alias is not None and alias.version == local.version and local.network.prefixlen < local.max_prefixlen and alias in local.network:
+                raise InputError(
+                    f"tunnel {tunnel.name}: alias {alias} is inside the tunnel subnet {local.network} the VPN gave {lease.device}; "
+                    f"choose an alias outside it"
+                )
+        family = socket.AF_INET if local.version == 4 else socket.AF_INET6
+        for msg in kernel.nl.ipr.get_routes(family=family, table=254):
+            # connected (proto kernel), unicast, no gateway, not the default, in main
+            if msg.get_attr("RTA_TABLE") != 254 or msg["proto"] != 2 or msg["type"] != 1 or not msg["dst_len"] or msg.get_attr("RTA_GATEWAY"):
+                continue
+            net = ipaddress.ip_network(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}", strict=False)
+            device = kernel.nl.link_name(msg.get_attr("RTA_OIF")) if msg.get_attr("RTA_OIF") else None
+            if local.ip in net and device not in (None, tunnel.device):
+                raise InputError(
+                    f"tunnel {tunnel.name}: the address {local.ip} the VPN gave {lease.device} is inside {net} of {device} "
+                    f"(a connected network of this host); the VPN's address pool must not overlap it"
+                )
+
+
+def source_devices(kernel, tunnel):
+    """The devices the IPv4 source subnets are connected to (bridges, veths), where known."""
+    found = (kernel.nl.connected_device(net) for net in tunnel.sources if net.version == 4)
+    return sorted({dev for dev in found if dev and dev != tunnel.device})
+
+
+def _forwarding(kernel, statedir, tunnel, lease):
+    """Steps for the IPv4 forwarding the source subnets need, and the devices switched on after them.
+
+    Forwarding goes on where the sources arrive and on the tunnel (for replies), only where
+    it is off; down (lease None) switches back exactly the devices recorded as switched on."""
+    from vpnsplit import sysctl
+
+    recorded = set(statedir.record(tunnel.name).get("forwarding") or [])
+    need = set()
+    if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
+        need = {tunnel.device, *source_devices(kernel, tunnel)}
+    steps, switched = [], recorded & need
+    for dev in sorted(need - recorded):
+        if sysctl.forwarding(dev) is False:
+            steps.append(Step(f"enable IPv4 forwarding on {dev}", lambda d=dev: sysctl.set_forwarding(d, True), lambda d=dev: sysctl.set_forwarding(d, False)))
+            switched.add(dev)
+    for dev in sorted(recorded - need):
+        steps.append(Step(f"switch IPv4 forwarding on {dev} back off", lambda d=dev: sysctl.set_forwarding(d, False), lambda d=dev: sysctl.set_forwarding(d, True)))
+    return steps, switched
+
+
+def _record_step(statedir, tunnel, lease, forwarding=()):
     """The state-file step of a run (none if the record is already right), undone by restoring the old files."""
     name = tunnel.name
     snap = statedir.snapshot(name)
-    if lease is not None and statedir.load_quiet(name) != lease:
-        return [Step("record state", lambda: statedir.save(name, lease) or True, lambda: statedir.restore(name, snap))]
+    recorded = set(statedir.record(name).get("forwarding") or [])
+    if lease is not None and (statedir.load_quiet(name) != lease or recorded != set(forwarding)):
+        return [Step("record state", lambda: statedir.save(name, lease, forwarding) or True, lambda: statedir.restore(name, snap))]
     if lease is None and any(snap.values()):
         return [Step("forget state", lambda: statedir.forget(name) or True, lambda: statedir.restore(name, snap))]
     return []
@@ -228,8 +290,26 @@ def desired_for(statedir, tunnel):
     return lease, (plan.plan_up(tunnel, lease) if lease else plan.plan_down(tunnel))
 
 
+def _moved(kernel, tunnel, lease):
+    """The recorded addresses the device no longer carries while it carries others: the address
+    changed underneath (the rules and NAT still name the old one). A device with no address
+    at all (ifconfig-noexec, or going away) is not counted."""
+    if lease is None or kernel.nl.link_index(tunnel.device) is None:
+        return []
+    try:
+        live = kernel.lease_from_device(tunnel)
+    except InputError:
+        return []
+    wanted = {plan.Address(a.version, tunnel.device, str(a.ip)) for a in lease.locals}
+    gone = sorted(wanted - kernel.nl.addresses(tunnel.device, wanted))
+    now = " ".join(str(a.ip) for a in live.locals)
+    return [f"device {tunnel.device} carries {now}, not the recorded {a.address}: address changed underneath" for a in gone]
+
+
 def status(kernel, statedir, tunnel):
     """Per tunnel: the recorded lease, each object that should exist and whether it does, and stale ones."""
+    from vpnsplit import sysctl
+
     lease, desired = desired_for(statedir, tunnel)
     current, foreign, (intact, _) = kernel.observe(tunnel)
     d = plan.diff(desired, current)
@@ -240,6 +320,7 @@ def status(kernel, statedir, tunnel):
     if desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
+    problems += _moved(kernel, tunnel, lease)
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -254,6 +335,9 @@ def status(kernel, statedir, tunnel):
         "lease": lease.to_json() if lease else None,
         "recorded_at": statedir.record(tunnel.name).get("when") if lease else None,
         "objects": objects,
+        # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
+        "rp_filter": {dev: sysctl.rp_filter(dev) for dev in [tunnel.device, *source_devices(kernel, tunnel)]},
+        "forwarding": {dev: sysctl.forwarding(dev) for dev in [tunnel.device, *source_devices(kernel, tunnel)]} if tunnel.sources else {},
         "stale": stale,
         "in_sync": not problems,
         "problems": problems,

@@ -32,8 +32,9 @@ class Lease:
         return {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data, where):
-        """Rebuild a Lease from a state file; a damaged file is an InputError naming it."""
+    def from_json(cls, data, where, name="NAME"):
+        """Rebuild a Lease from a state file; a damaged file is an InputError naming it
+        (and the tunnel *name* in the fix, so the user can paste it)."""
         try:
             kinds = {
                 "local4": ipaddress.IPv4Interface,
@@ -41,9 +42,16 @@ class Lease:
                 "local6": ipaddress.IPv6Interface,
                 "gateway6": ipaddress.IPv6Address,
             }
-            values = {k: (None if data.get(k) is None else conv(data[k])) for k, conv in kinds.items()}
+            # Only text: ipaddress would take the number 5 (or True) as 0.0.0.5 (0.0.0.1).
+            values = {k: (None if data.get(k) is None else conv(_text(data[k]))) for k, conv in kinds.items()}
             if not isinstance(data.get("device"), str) or data.get("dev_type") not in ("tun", "tap"):
                 raise ValueError("device/dev_type")
             return cls(device=data["device"], dev_type=data["dev_type"], **values)
         except (ValueError, TypeError, AttributeError) as e:
-            raise InputError(f"{where}: damaged state file ({e}); run 'vpnsplit down NAME' then let the VPN reconnect") from None
+            raise InputError(f"{where}: damaged ({e}); run 'vpnsplit down {name}' then let the VPN reconnect") from None
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address string")
+    return value

@@ -1,12 +1,17 @@
 """vpnsplit's nftables table: `table inet vpnsplit`, changed only in atomic JSON batches.
 
     table inet vpnsplit {
-        map snat4 { type ipv4_addr . ifname : ipv4_addr }      # alias . out-device : tunnel address
+        map snat4 { type ipv4_addr . ifname : ipv4_addr; flags interval }  # alias or source subnet . out-device : tunnel address
+        map dnat4 { type ipv4_addr . ifname . inet_proto . inet_service : ipv4_addr }  # port forwards to the alias
+        map dnatall4 { type ipv4_addr . ifname : ipv4_addr }                # forward = ["all"]
         set guard_addr4 { type ipv4_addr }                     # addresses only reachable via ...
         set guard_path4 { type ipv4_addr . ifname }            # ... their own device
-        (the same three for IPv6)
+        (the same for IPv6)
         chain postrouting { type nat hook postrouting priority srcnat;
             snat ip to ip saddr . oifname map @snat4 }
+        chain dstnat { type nat hook prerouting priority dstnat;
+            dnat ip to ip daddr . iifname . meta l4proto . th dport map @dnat4
+            dnat ip to ip daddr . iifname map @dnatall4 }
         chain prerouting { type filter hook prerouting priority raw;
             ip daddr @guard_addr4 ip daddr . iifname != @guard_path4 fib saddr type != local drop }
     }
@@ -19,13 +24,13 @@ wg-quick's anti-spoofing rule. We own this table whole and touch nothing outside
 
 import json
 
-from vpnsplit.plan import Guard, Snat
+from vpnsplit.plan import Dnat, Guard, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
 PROTO = {4: "ip", 6: "ip6"}
 ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
-SRCNAT_PRIORITY, RAW_PRIORITY = 100, -300
+SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY = 100, -100, -300
 
 
 class NftError(Exception):
@@ -45,6 +50,15 @@ def _snat_rule(fam):
     return [{"snat": {"family": PROTO[fam], "addr": {"map": {"key": key, "data": f"@snat{fam}"}}}}]
 
 
+def _dnat_rules(fam):
+    ports = {"concat": [_payload(fam, "daddr"), {"meta": {"key": "iifname"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
+    every = {"concat": [_payload(fam, "daddr"), {"meta": {"key": "iifname"}}]}
+    return [
+        [{"dnat": {"family": PROTO[fam], "addr": {"map": {"key": key, "data": f"@{name}{fam}"}}}}]
+        for key, name in ((ports, "dnat"), (every, "dnatall"))
+    ]
+
+
 def _guard_rule(fam):
     return [
         {"match": {"op": "==", "left": _payload(fam, "daddr"), "right": f"@guard_addr{fam}"}},
@@ -54,20 +68,34 @@ def _guard_rule(fam):
     ]
 
 
+def _rules(chain):
+    """Every rule of *chain*, IPv4 first."""
+    build = CHAINS[chain][3]
+    out = []
+    for fam in (4, 6):
+        rules = build(fam)
+        out += rules if isinstance(rules[0], list) else [rules]
+    return out
+
+
 # name -> (chain type, hook, priority, rule builder)
 CHAINS = {
     "postrouting": ("nat", "postrouting", SRCNAT_PRIORITY, _snat_rule),
+    "dstnat": ("nat", "prerouting", DSTNAT_PRIORITY, _dnat_rules),
     "prerouting": ("filter", "prerouting", RAW_PRIORITY, _guard_rule),
 }
 
 
 def _sets():
-    """name -> (key type, map data type or None) for every set and map of the table."""
+    """name -> (key type, map data type or None, flags) for every set and map of the table."""
     out = {}
     for fam in (4, 6):
-        out[f"snat{fam}"] = ([ADDR[fam], "ifname"], ADDR[fam])
-        out[f"guard_addr{fam}"] = (ADDR[fam], None)
-        out[f"guard_path{fam}"] = ([ADDR[fam], "ifname"], None)
+        # interval: an alias is a one-address range, a source subnet a wider one
+        out[f"snat{fam}"] = ([ADDR[fam], "ifname"], ADDR[fam], ["interval"])
+        out[f"dnat{fam}"] = ([ADDR[fam], "ifname", "inet_proto", "inet_service"], ADDR[fam], None)
+        out[f"dnatall{fam}"] = ([ADDR[fam], "ifname"], ADDR[fam], None)
+        out[f"guard_addr{fam}"] = (ADDR[fam], None, None)
+        out[f"guard_path{fam}"] = ([ADDR[fam], "ifname"], None, None)
     return out
 
 
@@ -77,20 +105,36 @@ SETS = _sets()
 def skeleton():
     """Commands that (re)create the table's fixed part; safe to send again (chains flushed first)."""
     cmds = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    for name, (key, data) in SETS.items():
-        cmds.append({"add": _obj("map", name=name, type=key, map=data) if data else _obj("set", name=name, type=key)})
-    for name, (ctype, hook, prio, rule) in CHAINS.items():
+    for name, (key, data, flags) in SETS.items():
+        extra = {"flags": flags} if flags else {}
+        cmds.append({"add": _obj("map", name=name, type=key, map=data, **extra) if data else _obj("set", name=name, type=key, **extra)})
+    for name, (ctype, hook, prio, _) in CHAINS.items():
         cmds.append({"add": _obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
         cmds.append({"flush": _obj("chain", name=name)})
-        cmds += [{"add": _obj("rule", chain=name, expr=rule(fam))} for fam in (4, 6)]
+        cmds += [{"add": _obj("rule", chain=name, expr=expr)} for expr in _rules(name)]
     return cmds
 
 
 def _elements(entry):
     """The (set name, element) pairs that stand for one Snat or Guard."""
     if isinstance(entry, Snat):
-        return [(f"snat{entry.family}", [{"concat": [entry.alias, entry.device]}, entry.to])]
+        return [(f"snat{entry.family}", [{"concat": [_prefix(entry.source), entry.device]}, entry.to])]
+    if isinstance(entry, Dnat):
+        if entry.proto:
+            return [(f"dnat{entry.family}", [{"concat": [entry.address, entry.device, entry.proto, entry.port]}, entry.to])]
+        return [(f"dnatall{entry.family}", [{"concat": [entry.address, entry.device]}, entry.to])]
     return [(f"guard_addr{entry.family}", entry.address), (f"guard_path{entry.family}", {"concat": [entry.address, entry.device]})]
+
+
+def _prefix(source):
+    """An interval-map key: a plain address for a host, {"prefix": ...} for a subnet."""
+    addr, _, length = source.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}} if length else addr
+
+
+def _source(key):
+    """The inverse of _prefix, for what nft lists."""
+    return f"{key['prefix']['addr']}/{key['prefix']['len']}" if isinstance(key, dict) else key
 
 
 def _element_cmds(verb, entries):
@@ -139,17 +183,18 @@ class NatTable:
         for item in items:
             kind, body = next(iter(item.items()))
             if kind in ("set", "map") and body["name"] in SETS:
-                key, data = SETS[body["name"]]
-                if body.get("type") == key and body.get("map") == data:
+                key, data, flags = SETS[body["name"]]
+                if body.get("type") == key and body.get("map") == data and body.get("flags") == flags:
                     sets.add(body["name"])
-                contents[body["name"]] = body.get("elem", [])
+                    # only a set of our type holds our entries (another's elements don't parse as ours)
+                    contents[body["name"]] = body.get("elem", [])
             elif kind == "chain" and body["name"] in CHAINS:
                 ctype, hook, prio, _ = CHAINS[body["name"]]
                 if (body.get("type"), body.get("hook"), body.get("prio")) == (ctype, hook, prio):
                     chains.add(body["name"])
             elif kind == "rule" and body.get("chain") in rules:
                 rules[body["chain"]].append(body["expr"])
-        intact = sets == set(SETS) and chains == set(CHAINS) and all(rules[n] == [CHAINS[n][3](f) for f in (4, 6)] for n in CHAINS)
+        intact = sets == set(SETS) and chains == set(CHAINS) and all(rules[n] == _rules(n) for n in CHAINS)
         return intact, _entries(contents)
 
     def change(self, add, remove, intact, current):
@@ -173,11 +218,17 @@ class NatTable:
 
 
 def _entries(contents):
-    """Rebuild Snat and Guard objects from set contents; a half-present guard counts as absent."""
+    """Rebuild Snat, Dnat and Guard objects from set contents; a half-present guard counts as absent."""
     entries = set()
     for fam in (4, 6):
         for key, to in contents.get(f"snat{fam}", []):
-            entries.add(Snat(fam, *key["concat"], to))
+            source, device = key["concat"]
+            entries.add(Snat(fam, _source(source), device, to))
+        for key, to in contents.get(f"dnat{fam}", []):
+            address, device, proto, port = key["concat"]
+            entries.add(Dnat(fam, address, device, proto, port, to))
+        for key, to in contents.get(f"dnatall{fam}", []):
+            entries.add(Dnat(fam, *key["concat"], "", 0, to))
         guarded = set(contents.get(f"guard_addr{fam}", []))
         for elem in contents.get(f"guard_path{fam}", []):
             address, device = elem["concat"]

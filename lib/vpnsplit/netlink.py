@@ -46,6 +46,19 @@ class Netlink:
         msgs = self.ipr.get_links(self._index(name))
         return msgs[0]["ifi_type"] == 1  # ARPHRD_ETHER
 
+    def connected_device(self, network):
+        """The device of the main table's gateway-less route that holds *network*, or None."""
+        fam = AF[network.version]
+        best = None
+        for msg in self.ipr.get_routes(family=fam, table=254):
+            dst = msg.get_attr("RTA_DST")
+            if msg.get_attr("RTA_TABLE") != 254 or dst is None or msg.get_attr("RTA_GATEWAY") or not msg.get_attr("RTA_OIF"):
+                continue
+            route = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+            if network.subnet_of(route) and (best is None or route.prefixlen > best[0]):
+                best = (route.prefixlen, msg.get_attr("RTA_OIF"))
+        return self.link_name(best[1]) if best else None
+
     def link_name(self, index):
         msgs = self.ipr.get_links(index)
         return msgs[0].get_attr("IFLA_IFNAME") if msgs else None
@@ -57,9 +70,10 @@ class Netlink:
             for msg in self.ipr.get_rules(family=AF[fam]):
                 if msg.get_attr("FRA_PROTOCOL") != PROTO:
                     continue
-                src = msg.get_attr("FRA_SRC")
+                src, dst = msg.get_attr("FRA_SRC"), msg.get_attr("FRA_DST")
                 src = f"{src}/{msg['src_len']}" if src else DEFAULT_DST[fam]
-                out.append(Rule(fam, msg.get_attr("FRA_PRIORITY") or 0, msg.get_attr("FRA_TABLE"), src))
+                dst = f"{dst}/{msg['dst_len']}" if dst else ""
+                out.append(Rule(fam, msg.get_attr("FRA_PRIORITY") or 0, msg.get_attr("FRA_TABLE"), src, dst))
         return out
 
     def table_routes(self, table):
@@ -194,14 +208,11 @@ class _NoDevice(NetlinkError):
 
 def _rule_spec(rule):
     addr, _, length = rule.src.partition("/")
-    return dict(
-        family=AF[rule.family],
-        src=addr,
-        src_len=int(length),
-        table=rule.table,
-        priority=rule.priority,
-        protocol=PROTO,
-    )
+    spec = dict(family=AF[rule.family], src=addr, src_len=int(length), table=rule.table, priority=rule.priority, protocol=PROTO)
+    if rule.dst:
+        dst, _, dst_len = rule.dst.partition("/")
+        spec.update(dst=dst, dst_len=int(dst_len))
+    return spec
 
 
 def _tolerate(call, cmd, codes, **spec):

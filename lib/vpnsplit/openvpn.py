@@ -52,6 +52,10 @@ def parse(argv, env, want_lease=True):
     where = "openvpn"
     head, six = (argv[:-6], argv[-6:]) if len(argv) >= 6 and argv[-1] in CONTEXTS else (argv, None)
     opts, extra = split_words(head, where)
+    if six is None and len(extra) >= 6:
+        # Six or more words that OpenVPN would have sent, but the last is no context:
+        # name that word rather than the first one, which is fine (the device).
+        raise InputError(f"{where}: last argument {argv[-1]!r} is not init or restart (OpenVPN passes dev tun_mtu 0 local remote init|restart)")
     if extra:
         raise InputError(f"{where}: unexpected argument {extra[0]!r} (only --tunnel NAME and --config PATH may precede OpenVPN's six)")
     if six is not None:

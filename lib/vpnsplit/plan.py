@@ -20,17 +20,22 @@ TUNNEL_METRIC = 1024
 DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
 
 
+MAIN_TABLE = 254
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Rule:
-    """`ip rule add from SRC lookup TABLE priority PRIORITY proto 118`."""
+    """`ip rule add from SRC [to DST] lookup TABLE priority PRIORITY proto 118`."""
 
     family: int
     priority: int
     table: int
     src: str  # a prefix, e.g. "10.8.0.2/32"
+    dst: str = ""  # a prefix, or "" for any destination
 
     def __str__(self):
-        return f"rule from {self.src} lookup {self.table} priority {self.priority}"
+        to = f" to {self.dst}" if self.dst else ""
+        return f"rule from {self.src}{to} lookup {self.table} priority {self.priority}"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -67,15 +72,33 @@ class Address:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Snat:
-    """An entry in vpnsplit's SNAT map: packets from ALIAS leaving via DEVICE get source TO."""
+    """An entry in vpnsplit's SNAT map: packets from SOURCE (an alias, or a source subnet
+    like "10.20.1.0/24") leaving via DEVICE get the source address TO."""
 
     family: int
-    alias: str
+    source: str
     device: str
     to: str
 
     def __str__(self):
-        return f"snat {self.alias} -> {self.to} out {self.device}"
+        return f"snat {self.source} -> {self.to} out {self.device}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Dnat:
+    """An inbound port forward: connections arriving on DEVICE for ADDRESS (the tunnel
+    address) and PROTO/PORT go to TO (the alias). PROTO "" and PORT 0 mean every port."""
+
+    family: int
+    address: str
+    device: str
+    proto: str
+    port: int
+    to: str
+
+    def __str__(self):
+        what = f"{self.proto}/{self.port}" if self.proto else "all ports"
+        return f"dnat {self.address} {what} in {self.device} -> {self.to}"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -96,7 +119,7 @@ class Guard:
 class State:
     """A set of kernel objects: what should exist (planned) or what does (observed).
 
-    `nft` holds the entries of vpnsplit's nft table (Snat and Guard objects)."""
+    `nft` holds the entries of vpnsplit's nft table (Snat, Dnat and Guard objects)."""
 
     rules: frozenset = frozenset()
     routes: frozenset = frozenset()
@@ -142,6 +165,8 @@ def plan_up(tunnel, lease):
         nft.add(Guard(fam, str(local.ip), tunnel.device))
         if alias is not None:
             nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
+            nft.update(Dnat(fam, str(local.ip), tunnel.device, proto, port, str(alias)) for proto, port in tunnel.forward)
+        nft.update(Snat(fam, str(net), tunnel.device, str(local.ip)) for net in tunnel.sources if net.version == fam)
     down = plan_down(tunnel, families=[a.version for a in lease.locals])
     return State(
         rules=frozenset(rules | down.rules),
@@ -155,17 +180,25 @@ def plan_down(tunnel, families=()):
     """The desired state while the tunnel is down.
 
     With `strict`, the table keeps an unreachable default for both families and the aliases
-    keep their rule into it, so traffic from them fails at once instead of falling through to
-    the main table. An alias on a device of its own (`alias_device`, e.g. lo) stays, so
+    and source subnets keep their rules into it, so traffic from them fails at once instead
+    of falling through to the main table. An alias on a device of its own (`alias_device`, e.g. lo) stays, so
     services bound to it keep their sockets. *families* are the address families the tunnel
     carries while up; it lets plan_up reuse this for the parts it shares.
     """
     rules, routes, guards = set(), set(), set()
-    alias_families = {4, 6} if tunnel.strict else set(families)
+    steered = {4, 6} if tunnel.strict else set(families)
     for alias in (tunnel.alias, tunnel.alias6):
-        if alias is not None and _fam(alias) in alias_families:
+        if alias is not None and _fam(alias) in steered:
             rules.add(Rule(_fam(alias), tunnel.priority + 1, tunnel.table, _host(alias)))
             guards.add(Guard(_fam(alias), str(alias), tunnel.device))
+    for net in tunnel.sources:
+        if net.version in steered:
+            # the exceptions first (P+2, into main): the subnet itself — without it the host's own
+            # address on the bridge would route into the tunnel and the reverse-path check of
+            # the subnet's ARP would fail —, and the configured LAN; then everything into the tunnel (P+3)
+            local = (net, *(lan for lan in tunnel.lan if lan.version == net.version))
+            rules.update(Rule(net.version, tunnel.priority + 2, MAIN_TABLE, str(net), str(dst)) for dst in local)
+            rules.add(Rule(net.version, tunnel.priority + 3, tunnel.table, str(net)))
     if tunnel.strict:
         for fam in (4, 6):
             routes.add(Route(fam, tunnel.table, DEFAULT_DST[fam], type="unreachable", metric=UNREACHABLE_METRIC))

@@ -61,12 +61,14 @@ def session(timeout=None):
 
     statedir = state.StateDir(state.dir_from())
     statedir.ensure()
-    with statedir.lock(lock_timeout() if timeout is None else timeout):
-        kernel = Kernel()
-        try:
+    # Kernel() imports pyroute2 (~0.1-0.2 s of CPU): do it before queueing for the lock, so
+    # the lock is held only for the kernel work itself and concurrent runs drain quickly.
+    kernel = Kernel()
+    try:
+        with statedir.lock(lock_timeout() if timeout is None else timeout):
             yield kernel, statedir
-        finally:
-            kernel.close()
+    finally:
+        kernel.close()
 
 
 def guarded(body, never_fail=False):

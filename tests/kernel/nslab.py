@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -20,6 +21,42 @@ REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
 VPNSPLIT = [str(REPO / ".venv/bin/python3"), "-I", "-m", "vpnsplit"]
 _serial = itertools.count()
+
+_LISTEN = """
+import socket, sys
+proto, addr, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: the address may appear a moment later
+s.bind((addr, port)); s.settimeout(timeout)
+if proto == "tcp":
+    s.listen(1)
+print("ready", flush=True)
+try:
+    if proto == "udp":
+        data, peer = s.recvfrom(100)
+    else:
+        conn, peer = s.accept(); conn.settimeout(timeout); data = conn.recv(100)
+    print(peer[0], data.decode())
+except OSError:
+    print("nothing")
+"""
+
+_SEND = """
+import errno, socket, sys
+proto, addr, port, source, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+s.settimeout(3)
+try:
+    if source:
+        s.bind((source, 0))
+    if proto == "udp":
+        s.sendto(payload.encode(), (addr, port))
+    else:
+        s.connect((addr, port)); s.sendall(payload.encode())
+    print("sent")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+"""
 
 
 def run(argv, check=False, env=None, timeout=60, input=None):
@@ -153,6 +190,19 @@ class NetnsLab:
             if s and s.get("table") == "vpnsplit" and s["name"].startswith("guard_path"):
                 out |= {tuple(e["concat"]) for e in s.get("elem", [])}
         return out
+
+    # -- packets --------------------------------------------------------------------------
+    def listen(self, address, port, proto="udp", timeout=3):
+        """Start a one-shot listener, bound when this returns; `.communicate()[0]` is then
+        "PEER-ADDRESS PAYLOAD", or "nothing"."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", _LISTEN, proto, address, str(port), str(timeout)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready", f"listener on {address}:{port} did not start"
+        return proc
+
+    def send(self, address, port, proto="udp", source=None, payload="hello"):
+        """Send *payload* (UDP datagram or TCP connection), optionally bound to *source*: "sent" or the errno name."""
+        return self.exec(sys.executable, "-c", _SEND, proto, address, str(port), source or "", payload).stdout.strip()
 
     def addresses(self, dev):
         return sorted(a[2] or a[1] for a in self.dump()["addresses"] if a[0] == dev)

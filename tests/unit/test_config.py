@@ -19,7 +19,7 @@ def test_example_config_loads_verbatim():
 
 def test_defaults():
     t = config.parse({"tunnel": {"x": {"device": "wg0", "table": 300, "priority": 3000}}}).tunnels["x"]
-    assert t.strict is True and t.alias is None and t.alias_device is None and list(t.priorities) == [3000, 3001, 3002]
+    assert t.strict is True and t.alias is None and t.alias_device is None and list(t.priorities) == [3000, 3001, 3002, 3003]
 
 
 def test_unknown_device_names_the_known_ones():
