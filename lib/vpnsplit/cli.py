@@ -26,6 +26,7 @@ examples:
   vpnsplit up --all             every tunnel at once (at boot: fail closed before the first connect)
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
+  vpnsplit explain 10.192.8.1   where a packet from the alias goes: rule, table, next hop, NAT
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
 2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
@@ -51,7 +52,31 @@ def _parser():
         s = sub.add_parser(cmd, help=text)
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = sub.add_parser("explain", help="where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
+    ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
+    ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def cmd_explain(args, cfg):
+    import ipaddress
+
+    from vpnsplit import explain
+    from vpnsplit.engine import Kernel
+
+    for value, what in ((args.src, "SRC"), (args.dst, "DST")):
+        try:
+            value is None or ipaddress.ip_address(value)
+        except ValueError:
+            raise InputError(f"vpnsplit explain: {what} {value!r} is not an IP address") from None
+    kernel = Kernel()
+    try:
+        report = explain.explain(kernel, cfg.tunnels, args.src, args.dst)
+    finally:
+        kernel.close()
+    print(json.dumps(report, indent=2) if args.json else explain.describe(report))
+    return 0
 
 
 def cmd_up(args, cfg):
@@ -148,5 +173,5 @@ def _describe(r):
 def main(argv=None):
     args = _parser().parse_args(argv)
     runner.setup_logging("vpnsplit", quiet=args.quiet)
-    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check}[args.command]
+    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

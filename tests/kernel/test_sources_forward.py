@@ -120,3 +120,32 @@ def test_port_forwards_reach_a_service_bound_to_the_alias(world):
         assert (sent, seen) == ("sent", "10.8.0.1 hello"), proto
     # a port not forwarded does not reach it
     assert received(ns, "10.192.8.1", 9090, far, "tcp", to="10.8.0.2")[1] == "nothing"
+
+
+def explain(ns, *args):
+    import json
+
+    proc = ns.vpnsplit("explain", *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_explain_answers_from_the_kernel(world):
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    alias = explain(ns, "10.192.8.1")
+    assert (alias["rule"]["priority"], alias["tunnel"], alias["device"], alias["gateway"], alias["nat"]) == (PRIO + 1, "vpn", "vpn0", "10.8.0.1", "10.8.0.2")
+    container = explain(ns, "10.20.1.5", "192.0.2.80")
+    assert container["origin"] == "forwarded in via ctr0"
+    assert (container["rule"]["priority"], container["device"], container["nat"]) == (PRIO + 3, "vpn0", "10.8.0.2")
+    lan = explain(ns, "10.20.1.5", "198.51.100.1")
+    assert (lan["rule"]["priority"], lan["table"], lan["device"], lan["nat"]) == (PRIO + 2, 254, "eth0", None)
+    host = explain(ns, "198.51.100.10")
+    assert (host["rule"]["table"], host["device"], host["nat"]) == (254, "eth0", None)
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    down = explain(ns, "10.192.8.1")
+    assert (down["verdict"], down["strict_drop"], down["tunnel"]) == ("unreachable", True, "vpn")
+    human = ns.vpnsplit("explain", "10.192.8.1").stdout
+    assert "strict: tunnel vpn is down" in human
+    bad = ns.vpnsplit("explain", "10.192.8")
+    assert bad.returncode == 2 and "'10.192.8' is not an IP address" in bad.stderr
