@@ -27,6 +27,8 @@ examples:
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
   vpnsplit explain 10.192.8.1   where a packet from the alias goes: rule, table, next hop, NAT
+  vpnsplit default provider     all internet traffic through tunnel provider (a kill switch with strict)
+  vpnsplit default --off        the host's own default route back, exactly as it was
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
 2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
@@ -52,11 +54,30 @@ def _parser():
         s = sub.add_parser(cmd, help=text)
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
+    de = sub.add_parser("default", help="send all of the host's internet traffic through one tunnel (or --off)")
+    which = de.add_mutually_exclusive_group(required=True)
+    which.add_argument("name", nargs="?", metavar="NAME", help="the tunnel to use as the host's default route")
+    which.add_argument("--off", action="store_true", help="give the host its own default route back")
     ex = sub.add_parser("explain", help="where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def cmd_default(args, cfg):
+    """Choose (or drop) the host-wide default VPN; recorded so the tunnel's hooks keep it current."""
+    tunnel = None if args.off else cfg.tunnel(args.name, "vpnsplit default")
+    with runner.session() as (kernel, statedir):
+        if tunnel is None:
+            default = engine.OFF
+        else:
+            present = kernel.nl.link_index(tunnel.device) is not None
+            default = (tunnel, _current_lease(kernel, statedir, tunnel) if present else None)
+        changes = engine.converge(kernel, statedir, [], default)
+        statedir.choose_default("" if tunnel is None else tunnel.name)
+    what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
+    log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")
 
 
 def cmd_explain(args, cfg):
@@ -89,7 +110,9 @@ def cmd_up(args, cfg):
         for tunnel in tunnels:
             absent = args.all and kernel.nl.link_index(tunnel.device) is None
             targets.append((tunnel, None if absent else _current_lease(kernel, statedir, tunnel)))
-        changes = engine.converge(kernel, statedir, targets)
+        chosen = engine.default_tunnel(statedir, cfg.tunnels)
+        default = next(((t, lease) for t, lease in targets if t is chosen), None)
+        changes = engine.converge(kernel, statedir, targets, default)
     what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
 
@@ -111,7 +134,8 @@ def _current_lease(kernel, statedir, tunnel):
 def cmd_down(args, cfg):
     tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit down")]
     with runner.session() as (kernel, statedir):
-        changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels])
+        chosen = engine.default_tunnel(statedir, cfg.tunnels)
+        changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None)
     what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
     log.info("%s down: %s", what, f"{len(changes)} change(s)" if changes else "nothing to remove")
 
@@ -173,5 +197,5 @@ def _describe(r):
 def main(argv=None):
     args = _parser().parse_args(argv)
     runner.setup_logging("vpnsplit", quiet=args.quiet)
-    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain}[args.command]
+    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

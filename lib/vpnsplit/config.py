@@ -19,9 +19,10 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases),
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
-# 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, and wg-quick takes
-# the free ones just below (32765, 32764): ours stay under that.
-PRIORITY_MIN, PRIORITY_MAX = 1, 32763 - (PRIORITY_SPAN - 1)
+# 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, wg-quick takes the
+# free ones just below (32765, 32764), and the host-wide default VPN uses 32000-32003
+# (plan.DEFAULT_PRIORITIES): a tunnel's own rules stay under all of them.
+PRIORITY_MIN, PRIORITY_MAX = 1, 31999 - (PRIORITY_SPAN - 1)
 # OpenWrt's pbr deletes every rule in this window when it reloads.
 SWEPT_PRIORITIES = range(29745, 30002)
 # `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
@@ -61,6 +62,9 @@ class Tunnel:
     lan: tuple = ()
     # inbound port forwards from the tunnel address to the alias: ("tcp", 51413), or ("", 0) for all
     forward: tuple = ()
+    # the host-wide default VPN at boot (`vpnsplit up --all`), and its servers if the VPN client does not say
+    default: bool = False
+    servers: tuple = ()
 
     @property
     def alias_dev(self):
@@ -166,10 +170,14 @@ def parse(data, path="<config>"):
             raise InputError(f"{where}: must be a table of keys")
         tunnels[name] = _tunnel(name, section, where)
     _check_clashes(tunnels, path)
+    defaults = [t.name for t in tunnels.values() if t.default]
+    if len(defaults) > 1:
+        raise InputError(f"config {shown(path)}: default = true in more than one tunnel ({', '.join(defaults)}); choose one")
     return Config(path=path, tunnels=tunnels)
 
 
-_KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward"}
+_KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
+         "default", "servers"}
 
 
 def _tunnel(name, s, where):
@@ -198,7 +206,7 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-32763 (0, 32766 and 32767 are the kernel's, 32764-32765 wg-quick's)"
+            f"which must stay within {PRIORITY_MIN}-31999 (32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
         raise InputError(
@@ -230,7 +238,23 @@ def _tunnel(name, s, where):
         sources=sources,
         lan=lan,
         forward=forward,
+        default=_bool(s, "default", False, where),
+        servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _list(s, "servers", where)),
     )
+
+
+def _bool(s, key, default, where):
+    value = s.get(key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}: {key} = {value!r} must be true or false")
+    return value
+
+
+def _list(s, key, where):
+    value = s.get(key, [])
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key} = {value!r} must be a list")
+    return value
 
 
 def _networks(s, key, where):

@@ -62,12 +62,20 @@ class Kernel:
             self._nat_view = (intact, frozenset(entries))
         return self._nat_view
 
+    def observe_default(self):
+        """The host-wide default VPN's rules: vpnsplit's rules at its priorities."""
+        if self._rules is None:
+            self._rules = self.nl.dump_rules()
+        return plan.State(rules=frozenset(r for r in self._rules if r.priority in plan.DEFAULT_PRIORITIES))
+
     def observe(self, tunnel):
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
         if self._rules is None:
             self._rules = self.nl.dump_rules()
         # a tunnel's rules point into its table, or (LAN exceptions into main) sit in its priorities
-        rules = frozenset(r for r in self._rules if r.table == tunnel.table or r.priority in tunnel.priorities)
+        rules = frozenset(
+            r for r in self._rules if (r.table == tunnel.table or r.priority in tunnel.priorities) and r.priority not in plan.DEFAULT_PRIORITIES
+        )
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
@@ -171,24 +179,45 @@ def _rollback(done):
     return f"rolled back the {len(done)} step(s) this run made"
 
 
-def up(kernel, statedir, tunnel, lease):
-    """Bring the kernel to the 'up' state for *tunnel* with *lease*; record the lease."""
-    return converge(kernel, statedir, [(tunnel, lease)])
+def up(kernel, statedir, tunnel, lease, tunnels=None):
+    """Bring the kernel to the 'up' state for *tunnel* with *lease*; record the lease.
+    Given every configured *tunnels*, also refresh the default VPN's rules if it is this one."""
+    return converge(kernel, statedir, [(tunnel, lease)], _if_default(statedir, tunnels, tunnel, lease))
 
 
-def down(kernel, statedir, tunnel):
+def down(kernel, statedir, tunnel, tunnels=None):
     """Remove what up added, keeping the strict fail-closed skeleton; forget the lease."""
-    return converge(kernel, statedir, [(tunnel, None)])
+    return converge(kernel, statedir, [(tunnel, None)], _if_default(statedir, tunnels, tunnel, None))
 
 
-def converge(kernel, statedir, targets):
+def _if_default(statedir, tunnels, tunnel, lease):
+    return (tunnel, lease) if tunnels and default_tunnel(statedir, tunnels) is tunnel else None
+
+
+OFF = "off"
+
+
+def default_tunnel(statedir, tunnels):
+    """The host-wide default VPN: `vpnsplit default NAME` if said (None after --off), else
+    the section with `default = true`, else None."""
+    chosen = statedir.default_choice()
+    if chosen is None:
+        return next((t for t in tunnels.values() if t.default), None)
+    return tunnels.get(chosen)
+
+
+def converge(kernel, statedir, targets, default=None):
     """Bring each (tunnel, lease) to 'up' with that lease, or to 'down' where lease is None.
 
+    *default* also brings the host-wide default VPN's rules in line: (tunnel, lease or None)
+    to send everything through that tunnel, OFF to remove them, None to leave them alone.
     All tunnels go in one run: one observation, one list of steps, one nft transaction,
     one rollback if any step fails. Refusals (missing device, a table holding foreign
     routes) come before the first change.
     """
     desired, current, records = plan.State(), plan.State(), []
+    if default is not None:
+        desired, current = _default_rules(kernel, default), kernel.observe_default()
     for tunnel, lease in targets:
         if lease is not None:
             want = plan.plan_up(tunnel, lease)
@@ -212,6 +241,18 @@ def converge(kernel, statedir, targets):
         return run_steps(steps)
     finally:
         kernel.forget()
+
+
+def _default_rules(kernel, default):
+    """The desired rules of the host-wide default VPN (none for OFF)."""
+    if default == OFF:
+        return plan.State()
+    tunnel, lease = default
+    servers = {*tunnel.servers, *(lease.servers if lease else ())}
+    if lease is not None and not servers:
+        log.warning("tunnel %s: no VPN server address known (OpenVPN trusted_ip, or servers = [...] in the config): "
+                    "its own packets may loop into the tunnel", tunnel.name)
+    return plan.plan_default(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)))
 
 
 def _refuse_overlaps(kernel, tunnel, lease):

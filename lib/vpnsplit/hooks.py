@@ -42,7 +42,7 @@ def openvpn_up(args):
     cfg = runner.load_config(call.config)
     tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn up")
     with runner.session() as (kernel, statedir):
-        changes = engine.up(kernel, statedir, tunnel, call.lease)
+        changes = engine.up(kernel, statedir, tunnel, call.lease, cfg.tunnels)
     _report("up", tunnel, changes, call.lease)
 
 
@@ -52,8 +52,7 @@ def openvpn_down(args):
         return
     call = openvpn.parse(args, os.environ, want_lease=False)
     cfg = runner.load_config(call.config)
-    tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn down")
-    _down(tunnel)
+    _down(_tunnel(cfg, call.device, call.tunnel, "openvpn down"), cfg.tunnels)
 
 
 def wg_up(args):
@@ -62,7 +61,7 @@ def wg_up(args):
     tunnel = _tunnel(cfg, iface, opts.get("tunnel"), "wg-up")
     with runner.session() as (kernel, statedir):
         lease = kernel.lease_from_device(tunnel)
-        changes = engine.up(kernel, statedir, tunnel, lease)
+        changes = engine.up(kernel, statedir, tunnel, lease, cfg.tunnels)
     _report("up", tunnel, changes, lease)
 
 
@@ -72,7 +71,7 @@ def wg_down(args):
         return
     opts, iface = _wg_args(args, "wg-down")
     cfg = runner.load_config(opts.get("config"))
-    _down(_tunnel(cfg, iface, opts.get("tunnel"), "wg-down"))
+    _down(_tunnel(cfg, iface, opts.get("tunnel"), "wg-down"), cfg.tunnels)
 
 
 def _wg_args(args, where):
@@ -84,9 +83,9 @@ def _wg_args(args, where):
     return opts, addresses.ifname(rest[0], f"{where} interface")
 
 
-def _down(tunnel):
+def _down(tunnel, tunnels):
     with runner.session() as (kernel, statedir):
-        changes = engine.down(kernel, statedir, tunnel)
+        changes = engine.down(kernel, statedir, tunnel, tunnels)
     _report("down", tunnel, changes)
 
 

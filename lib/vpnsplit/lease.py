@@ -19,6 +19,9 @@ class Lease:
     gateway4: ipaddress.IPv4Address | None = None
     local6: ipaddress.IPv6Interface | None = None
     gateway6: ipaddress.IPv6Address | None = None
+    # the VPN server's addresses (OpenVPN trusted_ip, the WireGuard endpoint): a host-wide
+    # default through this tunnel must never route the tunnel's own packets into it
+    servers: tuple = ()
 
     def __post_init__(self):
         if self.dev_type not in ("tun", "tap"):
@@ -29,7 +32,9 @@ class Lease:
         return [a for a in (self.local4, self.local6) if a is not None]
 
     def to_json(self):
-        return {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
+        out = {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
+        out["servers"] = [str(a) for a in self.servers]
+        return out
 
     @classmethod
     def from_json(cls, data, where, name="NAME"):
@@ -46,7 +51,8 @@ class Lease:
             values = {k: (None if data.get(k) is None else conv(_text(data[k]))) for k, conv in kinds.items()}
             if not isinstance(data.get("device"), str) or data.get("dev_type") not in ("tun", "tap"):
                 raise ValueError("device/dev_type")
-            return cls(device=data["device"], dev_type=data["dev_type"], **values)
+            servers = tuple(ipaddress.ip_address(_text(a)) for a in data.get("servers") or [])
+            return cls(device=data["device"], dev_type=data["dev_type"], servers=servers, **values)
         except (ValueError, TypeError, AttributeError) as e:
             raise InputError(f"{where}: damaged ({e}); run 'vpnsplit down {name}' then let the VPN reconnect") from None
 

@@ -24,7 +24,7 @@ NETLINK_ROUTE, SOL_NETLINK, NETLINK_GET_STRICT_CHK = 0, 270, 12
 RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE = 24, 26, 32, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL = 1, 2, 6, 15, 21
+FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_PROTOCOL = 1, 2, 6, 14, 15, 21
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 NLA_TYPE_MASK = 0x3FFF
 
@@ -37,7 +37,7 @@ _U32 = struct.Struct("=I")
 
 def rules(family, proto):
     """Every rule of *family* (socket.AF_INET/AF_INET6) whose protocol is *proto*, as
-    (priority, table, src or None, src_len, dst or None, dst_len) in dump order.
+    (priority, table, src or None, src_len, dst or None, dst_len, suppress_prefixlen or None) in dump order.
 
     priority is 0 when the kernel leaves FRA_PRIORITY out (it does for priority 0), and
     table None when it leaves out FRA_TABLE, as pyroute2's get_attr would give.
@@ -51,7 +51,9 @@ def rules(family, proto):
         if attrs.get(FRA_PROTOCOL) != bytes([proto]):
             continue  # the needle was inside another attribute's payload
         fam, dst_len, src_len = buf[off + 16], buf[off + 17], buf[off + 18]
-        out.append((_u32(attrs, FRA_PRIORITY) or 0, _u32(attrs, FRA_TABLE), _addr(fam, attrs, FRA_SRC), src_len, _addr(fam, attrs, FRA_DST), dst_len))
+        suppress = _u32(attrs, FRA_SUPPRESS_PREFIXLEN)
+        suppress = None if suppress == 0xFFFFFFFF else suppress
+        out.append((_u32(attrs, FRA_PRIORITY) or 0, _u32(attrs, FRA_TABLE), _addr(fam, attrs, FRA_SRC), src_len, _addr(fam, attrs, FRA_DST), dst_len, suppress))
     return out
 
 

@@ -112,4 +112,5 @@ def _lease(dev, local, remote, env):
 
     if local4 is None and local6 is None:
         raise InputError(f"openvpn: no tunnel address for {dev}: ifconfig_local and ifconfig_ipv6_local are both empty")
-    return Lease(device=dev, dev_type=dev_type, local4=local4, gateway4=gateway4, local6=local6, gateway6=gateway6)
+    servers = tuple(addresses.host_address(env[k], f"openvpn {k}") for k in ("trusted_ip", "trusted_ip6") if env.get(k))
+    return Lease(device=dev, dev_type=dev_type, local4=local4, gateway4=gateway4, local6=local6, gateway6=gateway6, servers=servers)

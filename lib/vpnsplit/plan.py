@@ -32,10 +32,12 @@ class Rule:
     table: int
     src: str  # a prefix, e.g. "10.8.0.2/32"
     dst: str = ""  # a prefix, or "" for any destination
+    suppress: int = -1  # suppress_prefixlength, or -1 for none
 
     def __str__(self):
         to = f" to {self.dst}" if self.dst else ""
-        return f"rule from {self.src}{to} lookup {self.table} priority {self.priority}"
+        suppress = f" suppress_prefixlength {self.suppress}" if self.suppress >= 0 else ""
+        return f"rule from {self.src}{to} lookup {self.table}{suppress} priority {self.priority}"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -226,6 +228,31 @@ def _tunnel_route(tunnel, lease, local, gateway):
     if gateway not in local.network:
         raise InputError(f"tunnel {tunnel.name}: gateway {gateway} is not inside the tunnel subnet {local.network}")
     return Route(fam, tunnel.table, DEFAULT_DST[fam], device=tunnel.device, gateway=str(gateway))
+
+
+# The host-wide default VPN's rules: after every tunnel's own rules (config keeps those
+# below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
+DEFAULT_PRIORITY = 32000
+DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
+
+
+def plan_default(tunnel, lease, uplink, servers):
+    """The rules that send all of the host's traffic through *tunnel* (`vpnsplit default`).
+
+    In order: routes more specific than a default stay in main (local and LAN), the host's
+    uplink addresses keep answering through the uplink (seed 000's normal-table), the VPN's
+    own packets to its *servers* never loop into the tunnel, and everything else goes into
+    the tunnel's table — whose strict unreachable default makes this a kill switch.
+    """
+    families = {4, 6} if tunnel.strict else {a.version for a in (lease.locals if lease else [])}
+    rules = set()
+    for fam in families:
+        every = DEFAULT_DST[fam]
+        rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
+        rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, _host(a)) for a in uplink if a.version == fam)
+        rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, _host(s)) for s in servers if s.version == fam)
+        rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
+    return State(rules=frozenset(rules))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,6 +131,17 @@ class StateDir:
         else:
             self._unlink(self._file(name, "addr"))
 
+    def default_choice(self):
+        """The tunnel chosen by `vpnsplit default NAME`: a name, "" after --off, None if never chosen."""
+        try:
+            with open(os.path.join(self.path, "default"), encoding="utf-8") as f:
+                return f.read().strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def choose_default(self, name):
+        self._write(os.path.join(self.path, "default"), f"{name}\n")
+
     def forget(self, name):
         """Remove the records of tunnel *name* (after down)."""
         for ext in ("json", "addr"):

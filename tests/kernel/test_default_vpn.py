@@ -1,0 +1,77 @@
+"""Issue 6, part 3: `vpnsplit default NAME` sends all of the host's internet traffic through a tunnel."""
+
+import json
+
+from tests.kernel.test_sources_forward import PRIO, TABLE, received, world  # noqa: F401 (fixture)
+
+CONFIG = """
+[tunnel.vpn]
+device   = "vpn0"
+id       = 3
+gateway  = "10.8.0.1"
+servers  = ["203.0.113.2"]
+"""
+
+
+def main_table(dump):
+    """The main table's routes (the kernel adds local/IPv6 routes of its own over time elsewhere)."""
+    return [r for r in dump["routes"] if r.get("RTA_TABLE") == 254]
+
+
+def udp_counter(isp):
+    """Datagrams from anywhere to the internet host that reached the isp."""
+    isp.nft("table inet seen {\n chain c {\n type filter hook prerouting priority 0;\n ip daddr 192.0.2.80 udp dport 6000 counter\n }\n}\n")
+
+    def count():
+        rules = json.loads(isp.exec("nft", "-j", "list", "chain", "inet", "seen", "c", check=True).stdout)["nftables"]
+        return next(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+
+    return count
+
+
+def test_default_vpn_carries_the_host_and_off_restores_it_exactly(world):
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    before = ns.dump()
+    proc = ns.vpnsplit("default", "vpn")
+    assert proc.returncode == 0, proc.stderr
+    rules = [r for r in ns.rules() if r[0] in range(32000, 32004)]
+    # IPv4 and IPv6 (strict: no IPv6 may bypass either); only IPv4 has an uplink address and a server
+    assert rules == [(32000, "all", 254, 118)] * 2 + [(32001, "198.51.100.10/32", 254, 118), (32002, "all", 254, 118)] + [(32003, "all", TABLE, 118)] * 2
+    # an unbound socket now leaves through the tunnel, with the tunnel's address
+    assert received(far, "192.0.2.80", 5000, ns) == ("sent", "10.8.0.2 hello")
+    # the LAN stays direct
+    assert received(isp, "198.51.100.1", 5001, ns) == ("sent", "198.51.100.10 hello")
+    # the VPN's own server is never routed into the tunnel
+    assert "dev eth0" in ns.exec("ip", "route", "get", "203.0.113.2").stdout
+    # a connection from the internet to the host's uplink address is answered through the uplink
+    listener = ns.listen("198.51.100.10", 7000, "tcp")
+    sent = isp.exec("python3", "-c", "import socket; s = socket.socket(); s.settimeout(3); s.bind(('192.0.2.80', 0));"
+                    " s.connect(('198.51.100.10', 7000)); s.sendall(b'hi'); print('sent')").stdout.strip()
+    assert (sent, listener.communicate(timeout=10)[0].strip()) == ("sent", "192.0.2.80 hi")
+    # the tunnel drops: strict turns the default into a kill switch
+    count = udp_counter(isp)
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert [r for r in ns.rules() if r[0] in range(32000, 32004)] == rules
+    assert ns.send("192.0.2.80", 6000) == "EHOSTUNREACH"
+    assert count() == 0
+    assert received(isp, "198.51.100.1", 5002, ns) == ("sent", "198.51.100.10 hello")  # the LAN still works
+    # back up, then off: the host gets its own routing back exactly
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    after = ns.dump()
+    assert after["rules"] == before["rules"] and after["nft"] == before["nft"]
+    assert main_table(after) == main_table(before)
+    assert ns.send("192.0.2.80", 6000) == "sent" and count() == 1  # control: the counter sees unbound traffic now
+
+
+def test_default_is_chosen_at_boot_by_the_config(world):
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG.replace('servers', 'default  = true\nservers'))
+    assert ns.vpnsplit("up", "--all").returncode == 0
+    assert (32003, "all", TABLE, 118) in ns.rules()
+    two = CONFIG + '\n[tunnel.b]\ndevice = "tun9"\nid = 4\ndefault = true\n'
+    ns.write_config(two.replace('servers', 'default  = true\nservers'))
+    proc = ns.vpnsplit("status")
+    assert proc.returncode == 2 and "default = true in more than one tunnel" in proc.stderr
