@@ -134,9 +134,8 @@ class StateDir:
     def default_choice(self):
         """The tunnel chosen by `vpnsplit default NAME`: a name, "" after --off, None if never chosen."""
         try:
-            with open(os.path.join(self.path, "default"), encoding="utf-8") as f:
-                return f.read().strip()
-        except (FileNotFoundError, UnicodeDecodeError):
+            return _read(os.path.join(self.path, "default")).decode().strip()
+        except (OSError, UnicodeDecodeError):  # absent, or not a plain file we wrote: no choice
             return None
 
     def choose_default(self, name):
