@@ -24,6 +24,7 @@ wg-quick's anti-spoofing rule. We own this table whole and touch nothing outside
 
 import json
 
+from vpnsplit.errors import KernelError
 from vpnsplit.plan import Dnat, Guard, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
@@ -33,8 +34,9 @@ ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY = 100, -100, -300
 
 
-class NftError(Exception):
-    """libnftables refused a batch; the message is its own error text."""
+class NftError(KernelError):
+    """libnftables refused a batch (the message is its own error text), or is missing.
+    Raised before the first step (while observing), it ends the run with exit 1 and one line."""
 
 
 def _obj(kind, **fields):

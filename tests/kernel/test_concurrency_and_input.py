@@ -127,3 +127,18 @@ def test_hooks_need_no_path(tun0):
                            "tun0", "1500", "0", "10.8.0.2", "255.255.255.0", "init"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (1000, "10.8.0.2/32", 100, PROTO) in tun0.rules(100)
+
+
+def test_missing_nftables_binding_is_one_clear_line_and_changes_nothing(tun0):
+    """Debian's python3-nftables missing (or a venv without system site-packages)."""
+    from tests.kernel.nslab import VPNSPLIT
+
+    tun0.write_config(GOOD)
+    before = tun0.dump()
+    code = ("import sys; sys.modules['nftables'] = None; from vpnsplit.hooks import main; "
+            "sys.exit(main(['up', 'tun0', '1500', '0', '10.8.0.2', '255.255.255.0', 'init']))")
+    envargs = [f"{k}={v}" for k, v in tun0.env({"dev": "tun0"}).items()]
+    proc = tun0.exec("/usr/bin/env", "-i", *envargs, VPNSPLIT[0], "-I", "-c", code)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and "apt install python3-nftables" in proc.stderr, proc.stderr
+    assert tun0.dump() == before

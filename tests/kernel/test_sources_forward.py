@@ -112,6 +112,15 @@ def test_sources_leave_through_the_tunnel_snated_and_fail_closed(world):
     assert leaked(isp) >= 1
 
 
+def test_sources_reach_the_lan_only_if_the_config_says_so(world):
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG.replace('lan      = ["198.51.100.0/24"]\n', ""))
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    # without `lan`, the LAN is just another destination: into the tunnel, never onto the LAN
+    assert received(isp, "198.51.100.1", 5001, ctr)[1] == "nothing"
+    assert ns.ip("route", "get", "198.51.100.1", "from", "10.20.1.5", "iif", "ctr0").split()[2:5] == ["via", "10.8.0.1", "dev"]
+
+
 def test_port_forwards_reach_a_service_bound_to_the_alias(world):
     ns, ctr, far, isp = world
     assert ns.vpnsplit("up", "vpn").returncode == 0
