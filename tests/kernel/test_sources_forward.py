@@ -118,7 +118,7 @@ def test_sources_reach_the_lan_only_if_the_config_says_so(world):
     assert ns.vpnsplit("up", "vpn").returncode == 0
     # without `lan`, the LAN is just another destination: into the tunnel, never onto the LAN
     assert received(isp, "198.51.100.1", 5001, ctr)[1] == "nothing"
-    assert ns.ip("route", "get", "198.51.100.1", "from", "10.20.1.5", "iif", "ctr0").split()[2:5] == ["via", "10.8.0.1", "dev"]
+    assert "via 10.8.0.1 dev vpn0" in ns.ip("route", "get", "198.51.100.1", "from", "10.20.1.5", "iif", "ctr0")
 
 
 def test_port_forwards_reach_a_service_bound_to_the_alias(world):
