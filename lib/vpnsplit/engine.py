@@ -265,6 +265,8 @@ def _refuse_overlaps(kernel, tunnel, lease):
     import ipaddress
     import socket
 
+    from vpnsplit import nldump
+
     for local in lease.locals:
         for alias in (tunnel.alias, tunnel.alias6):
             if alias is not None and alias.version == local.version and local.network.prefixlen < local.max_prefixlen and alias in local.network:
@@ -273,13 +275,18 @@ def _refuse_overlaps(kernel, tunnel, lease):
                     f"choose an alias outside it"
                 )
         family = socket.AF_INET if local.version == 4 else socket.AF_INET6
-        for msg in kernel.nl.ipr.get_routes(family=family, table=254):
+        # nldump: only main's routes cross the socket; a device name is looked up only for a
+        # subnet that holds the address (was: a netlink request per connected route per
+        # tunnel, 10,100 requests and 17 s for `up --all` with 100 tunnels)
+        for dst, dst_len, proto, rtype, oif, gateway, _metric in nldump.routes(family, 254):
             # connected (proto kernel), unicast, no gateway, not the default, in main
-            if msg.get_attr("RTA_TABLE") != 254 or msg["proto"] != 2 or msg["type"] != 1 or not msg["dst_len"] or msg.get_attr("RTA_GATEWAY"):
+            if proto != 2 or rtype != 1 or not dst_len or gateway:
                 continue
-            net = ipaddress.ip_network(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}", strict=False)
-            device = kernel.nl.link_name(msg.get_attr("RTA_OIF")) if msg.get_attr("RTA_OIF") else None
-            if local.ip in net and device not in (None, tunnel.device):
+            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
+            if local.ip not in net:
+                continue
+            device = kernel.nl.link_name(oif) if oif else None
+            if device not in (None, tunnel.device):
                 raise InputError(
                     f"tunnel {tunnel.name}: the address {local.ip} the VPN gave {lease.device} is inside {net} of {device} "
                     f"(a connected network of this host); the VPN's address pool must not overlap it"
