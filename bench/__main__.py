@@ -1,0 +1,188 @@
+"""`make bench`: run benchmarks 1-5 in throw-away namespaces; write bench/results.json and BENCHMARKS.md.
+
+    .venv/bin/python -m bench [--quick] [--only 1,3] [--no-write]
+
+Needs root (namespaces). It is a benchmark, not a test: nothing here passes or fails on a
+time; goals are reported as met or missed.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+from bench import cold, core, many, packet, report
+
+RESULTS = core.REPO / "bench/results.json"
+MARKDOWN = core.REPO / "BENCHMARKS.md"
+
+
+def _out(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = subprocess.run([core.PY, "-I", "-c", "import pyroute2, filelock, sys; print(pyroute2.__version__, filelock.__version__, sys.version.split()[0])"],
+                              capture_output=True, text=True).stdout.split()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": versions[2] if len(versions) > 2 else "?",
+        "pyroute2": versions[0] if versions else "?",
+        "filelock": versions[1] if len(versions) > 1 else "?",
+        "nft": _out(["nft", "--version"]),
+        "ip": _out(["ip", "-V"]),
+        "iperf3": _out(["iperf3", "--version"]),
+        "loadavg": open("/proc/loadavg").read().split()[:3],
+    }
+
+
+def goals(r):
+    out = []
+    c = r.get("1_cold", {})
+    if "derived" in c:
+        d = c["derived"]
+        ip = c["inprocess"]
+        out.append({"n": 1, "goal": "hook's own work ≤ 10 ms above the floor (import pyroute2, nftables, filelock)",
+                    "measured": f"{ip['total_above_floor']['median']:.1f} ms above the floor timed in-process "
+                                f"({ip['our_imports']['median']:.1f} our imports + {ip['run']['median']:.1f} run); whole process: "
+                                f"wall {d['hook_ms_above_floor']:.1f} ms, CPU {d['cpu_hook_ms_above_floor']:.1f} ms above "
+                                f"({d['hook_over_floor']:.2f}× floor, {d['hook_over_shell']:.1f}× the shell script)",
+                    "ok": ip["total_above_floor"]["median"] <= 10})
+        n = c["noop_check"]
+        quiet = not n["monitor_lines_during_noop"] and n["dump_unchanged"] and n["state_file_untouched"]
+        out.append({"n": 2, "goal": "no-op re-run: no kernel writes, faster than the first apply",
+                    "measured": f"{'no writes' if quiet else 'WRITES SEEN'}; CPU {d['cpu_noop_over_first_apply']:.2f}× the first apply (wall {d['noop_over_first_apply']:.2f}×)",
+                    "ok": quiet and d["cpu_noop_over_first_apply"] < 1})
+    mt = r.get("3_many", {})
+    if "derived" in mt:
+        key = next(k for k in mt["derived"] if k.startswith("vpnsplit up --all" if mt["vpnsplit_up_all_exists"] else "one process") and "in place" in k)
+        v = mt["derived"][key]
+        out.append({"n": 3, "goal": "100 tunnels re-applied in one process ≤ 0.2× 100 shell-script runs",
+                    "measured": f"{v:.3f}× ({key.split(' / ')[0]}, in place)", "ok": v <= 0.2})
+    s = r.get("4_scale", {})
+    if "derived" in s:
+        up, st = s["derived"]["up: loaded / empty"], s["derived"]["status: loaded / empty"]
+        out.append({"n": 4, "goal": "with 100 tunnels + 10k foreign rules, up and status ≤ 2× an empty namespace",
+                    "measured": f"up {up:.2f}×, status {st:.2f}×", "ok": up <= 2 and st <= 2})
+    p = r.get("5_packet", {})
+    if "derived" in p:
+        t, cr = p["derived"]["throughput alias+SNAT / plain"], p["derived"]["conn/s 100 tunnels / 1 tunnel"]
+        out.append({"n": 5, "goal": "throughput from the alias ≥ 95% of plain; conn/s with 100 tunnels ≥ 90% of 1 tunnel",
+                    "measured": f"throughput {100 * t:.0f}%, conn/s {100 * cr:.0f}%", "ok": t >= 0.95 and cr >= 0.9})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the harness)")
+    ap.add_argument("--only", default="1,3,4,5", help="which parts (2 is measured with 1), e.g. 1,4")
+    ap.add_argument("--no-write", action="store_true", help="print the results; write neither results.json nor BENCHMARKS.md")
+    ap.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/results.json")
+    args = ap.parse_args()
+    if args.render:
+        results = json.loads(RESULTS.read_text())
+        results["goals"], results["notes"] = goals(results), NOTES
+        MARKDOWN.write_text(report.render(results))
+        return 0
+    if os.geteuid() != 0:
+        print("bench: needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    core.install_cleanup()
+    q = args.quick
+    parts = {
+        "1_cold": lambda: cold.run(runs=4 if q else 25, budget=30 if q else 120),
+        "3_many": lambda: many.run_many(runs=2 if q else 7, slow_runs=1 if q else 2, budget=60 if q else 180),
+        "4_scale": lambda: many.run_scale(runs=3 if q else 12, budget=40 if q else 120),
+        "5_packet": lambda: packet.run(runs=2 if q else 7, seconds=2 if q else 3, conn_seconds=1 if q else 2, budget=40 if q else 150),
+    }
+    wanted = {p.strip() for p in args.only.split(",")}
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": q,
+               "git": {"head": _out(["git", "-C", str(core.REPO), "rev-parse", "--short", "HEAD"]),
+                       "lib_changes_not_committed": subprocess.run(["git", "-C", str(core.REPO), "status", "--short", "lib"],
+                                                                    capture_output=True, text=True).stdout.split("\n")[:-1]}}
+    start = time.monotonic()
+    for key, fn in parts.items():
+        if key.split("_")[0] not in wanted:
+            continue
+        t0 = time.monotonic()
+        print(f"bench: {key} ...", file=sys.stderr, flush=True)
+        try:
+            results[key] = fn()
+        except Exception as e:  # one broken part must not lose the others' figures
+            results[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            print(results[key]["traceback"], file=sys.stderr)
+        print(f"bench: {key} took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    results["seconds"] = time.monotonic() - start
+    results["goals"] = goals(results)
+    results["notes"] = NOTES
+    text = report.render(results)
+    if args.no_write:
+        print(text)
+    else:
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        MARKDOWN.write_text(text)
+        print(f"bench: wrote {RESULTS.relative_to(core.REPO)} and {MARKDOWN.relative_to(core.REPO)}", file=sys.stderr)
+    for g in results["goals"]:
+        print(f"bench: goal {g['n']}: {'met' if g['ok'] else 'MISSED'}: {g['measured']}", file=sys.stderr)
+    return 0
+
+
+NOTES = [
+    "The machine is shared: other sessions ran tests at the same time (see the load average above), which "
+    "widens min-max spreads. Interleaving makes contenders share the noise; ratios of medians are the robust figures.",
+    "Goal 1, the floor: `import pyroute2` runs the package's __init__, which imports ndb, ipdb, conntrack/nfnetlink, "
+    "asyncio, multiprocessing, ssl and unittest; importing a submodule runs it too. It is most of the floor; "
+    "filelock 4.x adds ~10 ms. The floor is fixed by definition here, but it is what a hook run costs: only "
+    "leaving pyroute2 out (raw rtnetlink for the few writes, as lib/vpnsplit/nldump.py already does for the "
+    "reads) would make the hook fast in absolute terms.",
+    "Goal 1, above the floor: our imports (table above; mostly the frozen/ordered dataclasses of plan, lease, "
+    "config and openvpn, each exec()ing up to ten generated methods at import, and tomllib), then the work: "
+    "about 15 pyroute2 requests at ~0.5 ms each (pyroute2 0.9's sync API runs an asyncio loop per call; ifindex "
+    "lookups repeat for every route and address), the nft listing and batch, the state file. What would close "
+    "it: plain __slots__ classes or NamedTuples instead of the dataclasses (~5-8 ms), one ifindex lookup per "
+    "device per run and the writes as one raw netlink batch (~5-10 ms).",
+    "Goal 2: the no-op run writes nothing (monitors and dumps above) but costs about what a first apply "
+    "costs, because both are dominated by interpreter start-up and imports; the first apply's writes are a few ms.",
+    "Goals 3 and 4, what was O(everything) and is fixed: pyroute2 decodes every message of a dump (~100-150 us "
+    "each). dump_rules took 1.5 s with 10,000 foreign rules and table_routes dumped every table of both "
+    "families per tunnel; lib/vpnsplit/nldump.py now decodes only rules carrying proto 118 (~12 ms for 10,000) "
+    "and asks the kernel for one table (strict dump filter). The overlap check of `up` (engine._refuse_overlaps) "
+    "dumped the main table with pyroute2 and sent one netlink request per connected route per tunnel: 10,100 "
+    "requests and ~17 s for `up --all` with 100 tunnels; now one nldump per tunnel and a name lookup only for a "
+    "subnet that holds the address.",
+    "Goal 3, what is left per tunnel: lease_from_device and observe still call pyroute2's get_addr(index=...), "
+    "which dumps every address of the namespace and filters in Python (O(addresses) per tunnel, ~20 ms with "
+    "100 tunnels), plus ifindex and name lookups. One address dump and one link dump per run, shared by all "
+    "tunnels like the rule dump (read with nldump), would make `up --all` mostly its writes.",
+    "Goal 5: the nft side does not grow with tunnels (one map lookup in postrouting, one set lookup in "
+    "prerouting), but ip rules are a linear list in the kernel: a new connection from tun0's alias walks the "
+    "~200 rules of the 99 tunnels placed before it, and a received packet that needs a route lookup walks "
+    "every vpnsplit rule before reaching main. Bulk throughput does not pay it per packet (an established socket caches its "
+    "route). What would close it: fewer rules on the common path, e.g. a gate rule before vpnsplit's block "
+    "(`not iif lo goto <after the block>`, since vpnsplit's rules match only locally originated sources unless "
+    "source subnets are configured), or one rule per tunnel instead of two. Both goal-5 ratios sit within noise "
+    "of their thresholds: an earlier full run of the same packet path (same ruleset) gave 85% for conn/s "
+    "(100 vs 1 tunnel) and 99% for throughput.",
+    "Goal 2's ratio is close to 1 for the same reason as goal 1's floor: a no-op run skips only the few ms of "
+    "writes. Goal 3: even `up --all` is ~0.8x of 100 shell runs, far from 0.2x, because each of the 100 tunnels "
+    "still costs ~15-20 ms of pyroute2 requests (see the per-tunnel note above) while one shell run costs ~28 ms.",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
