@@ -23,6 +23,16 @@ def _commands(cmds):
     return "\n".join(f"    # {label}\n    {cmd}" for label, cmd in cmds.items())
 
 
+def _derived_and_commands(part, fmt):
+    """The closing lines of a part: its derived ratios, then the commands that reproduce it."""
+    lines = [f"* {k}: **{fmt(v)}**" for k, v in part["derived"].items()]
+    return lines + ["", "Commands:", "", _commands(part["commands"]), ""]
+
+
+def _failed(title, part):
+    return [title, "", f"failed: {part['error']}", ""]
+
+
 def render(r):
     m = r["machine"]
     out = [
@@ -118,7 +128,7 @@ def render(r):
             "",
         ]
     elif c:
-        out += ["## 1./2. One hook, cold / no-op", "", f"failed: {c['error']}", ""]
+        out += _failed("## 1./2. One hook, cold / no-op", c)
 
     mt = r.get("3_many")
     if mt and "error" not in mt:
@@ -138,10 +148,9 @@ def render(r):
             _table(mt["contenders"]),
             "",
         ]
-        out += [f"* {k}: **{v:.3f}×**" for k, v in mt["derived"].items()]
-        out += ["", "Commands:", "", _commands(mt["commands"]), ""]
+        out += _derived_and_commands(mt, lambda v: f"{v:.3f}×")
     elif mt:
-        out += ["## 3. Many tunnels", "", f"failed: {mt['error']}", ""]
+        out += _failed("## 3. Many tunnels", mt)
 
     s = r.get("4_scale")
     if s and "error" not in s:
@@ -156,10 +165,9 @@ def render(r):
             _table(s["contenders"]),
             "",
         ]
-        out += [f"* {k}: **{v:.2f}×**" for k, v in s["derived"].items()]
-        out += ["", "Commands:", "", _commands(s["commands"]), ""]
+        out += _derived_and_commands(s, lambda v: f"{v:.2f}×")
     elif s:
-        out += ["## 4. Scale", "", f"failed: {s['error']}", ""]
+        out += _failed("## 4. Scale", s)
 
     p = r.get("5_packet")
     if p and "error" not in p:
@@ -184,10 +192,9 @@ def render(r):
             _table(p["connections"], unit="conn/s", fmt=lambda x: f"{x:.0f}"),
             "",
         ]
-        out += [f"* {k}: **{v:.3f}**" for k, v in p["derived"].items()]
-        out += ["", "Commands:", "", _commands(p["commands"]), ""]
+        out += _derived_and_commands(p, lambda v: f"{v:.3f}")
     elif p:
-        out += ["## 5. Packet path", "", f"failed: {p['error']}", ""]
+        out += _failed("## 5. Packet path", p)
 
     if r.get("notes"):
         out += ["## Notes", ""] + [f"* {n}" for n in r["notes"]] + [""]
