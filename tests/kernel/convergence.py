@@ -5,27 +5,13 @@ import copy
 import json
 import subprocess
 
-from tests.kernel.nslab import REPO, NetnsLab, run
+from tests.kernel.nslab import PROVIDER, REPO, WORK, NetnsLab, run
 
 SIGKILLED = (-9, 137)  # killed directly, or through a shell that reported it
 
 # provider: IPv4 + IPv6, both aliases on the tunnel device, strict (the default).
 # work: IPv4 only, alias on lo (kept while down), strict too.
-CONFIG = """
-[tunnel.provider]
-device   = "tun0"
-table    = 100
-priority = 1000
-alias    = "10.192.8.1"
-alias6   = "fd10:192::1"
-
-[tunnel.work]
-device       = "tun1"
-table        = 101
-priority     = 1100
-alias        = "10.192.9.1"
-alias_device = "lo"
-"""
+CONFIG = PROVIDER + WORK
 
 
 @contextlib.contextmanager

@@ -22,6 +22,25 @@ HOOKS = REPO / "hooks"
 VPNSPLIT = [str(REPO / ".venv/bin/python3"), "-I", "-m", "vpnsplit"]
 _serial = itertools.count()
 
+# The tunnels most kernel tests use: `provider` (IPv4 + IPv6, aliases on the tunnel device,
+# strict by default) and `work` (IPv4, alias on lo); tests add keys after each section.
+PROVIDER = """
+[tunnel.provider]
+device   = "tun0"
+table    = 100
+priority = 1000
+alias    = "10.192.8.1"
+alias6   = "fd10:192::1"
+"""
+WORK = """
+[tunnel.work]
+device       = "tun1"
+table        = 101
+priority     = 1100
+alias        = "10.192.9.1"
+alias_device = "lo"
+"""
+
 _LISTEN = """
 import socket, sys
 proto, addr, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -6,29 +6,14 @@ import sys
 
 import pytest
 
-from tests.kernel.nslab import REPO
+from tests.kernel.nslab import PROVIDER, REPO, WORK
 
 V4, V6 = 4, 6
 UNICAST, UNREACHABLE = 1, 7
 PROTO = 118
 METRIC, FAIL_METRIC = 1024, 0xFF000000
 
-TWO_TUNNELS = """
-[tunnel.provider]
-device   = "tun0"
-table    = 100
-priority = 1000
-alias    = "10.192.8.1"
-alias6   = "fd10:192::1"
-
-[tunnel.work]
-device       = "tun1"
-table        = 101
-priority     = 1100
-alias        = "10.192.9.1"
-alias_device = "lo"
-strict       = false
-"""
+TWO_TUNNELS = PROVIDER + WORK + "strict       = false\n"
 
 
 @pytest.fixture

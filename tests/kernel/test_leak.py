@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.kernel.convergence import CONFIG, batched, canon, down_provider, fresh_lab, move_provider, ok, state_files, up_provider, up_work
-from tests.kernel.nslab import NetnsLab
+from tests.kernel.nslab import PROVIDER, NetnsLab
 
 PORT, CONTROL_PORT = 40404, 40405
 INTERNET4, INTERNET6 = "203.0.113.10", "2001:db8:1::10"  # documentation ranges, reached only via the ISP
@@ -136,15 +136,7 @@ class Sender:
             self.proc.wait()
 
 
-LEAK_CONFIG = """
-[tunnel.provider]
-device   = "tun0"
-table    = 100
-priority = 1000
-alias    = "10.192.8.1"
-alias6   = "fd10:192::1"
-{extra}
-"""
+LEAK_CONFIG = PROVIDER + "{extra}\n"
 
 HOLD = 0.25  # seconds the sender runs in each phase
 
