@@ -52,8 +52,9 @@ class Kernel:
         self.nl.close()
 
     def forget(self):
-        """Drop cached dumps: the next observation reads the kernel again."""
+        """Drop cached dumps and device lookups: the next observation reads the kernel again."""
         self._rules = self._nat_view = None
+        self.nl.forget()
 
     def nat_view(self):
         """(skeleton intact, every entry of vpnsplit's nft table), read once per run."""
@@ -62,19 +63,22 @@ class Kernel:
             self._nat_view = (intact, frozenset(entries))
         return self._nat_view
 
-    def observe_default(self):
-        """The host-wide default VPN's rules: vpnsplit's rules at its priorities."""
+    def our_rules(self):
+        """Every rule of vpnsplit's, dumped once per run."""
         if self._rules is None:
             self._rules = self.nl.dump_rules()
-        return plan.State(rules=frozenset(r for r in self._rules if r.priority in plan.DEFAULT_PRIORITIES))
+        return self._rules
+
+    def observe_default(self):
+        """The host-wide default VPN's rules: vpnsplit's rules at its priorities."""
+        return plan.State(rules=frozenset(r for r in self.our_rules() if r.priority in plan.DEFAULT_PRIORITIES))
 
     def observe(self, tunnel):
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
-        if self._rules is None:
-            self._rules = self.nl.dump_rules()
         # a tunnel's rules point into its table, or (LAN exceptions into main) sit in its priorities
         rules = frozenset(
-            r for r in self._rules if (r.table == tunnel.table or r.priority in tunnel.priorities) and r.priority not in plan.DEFAULT_PRIORITIES
+            r for r in self.our_rules()
+            if (r.table == tunnel.table or r.priority in tunnel.priorities) and r.priority not in plan.DEFAULT_PRIORITIES
         )
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
@@ -234,8 +238,9 @@ def converge(kernel, statedir, targets, default=None):
                 f"choose a table of its own"
             )
         desired, current = desired | want, current | have
-        switches, forwarding = _forwarding(kernel, statedir, tunnel, lease)
-        records += switches + _record_step(statedir, tunnel, lease, forwarding)
+        recorded = statedir.record(tunnel.name)
+        switches, forwarding = _forwarding(kernel, recorded, tunnel, lease)
+        records += switches + _record_step(statedir, recorded, tunnel, lease, forwarding)
     steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + records
     try:
         return run_steps(steps)
@@ -299,14 +304,14 @@ def source_devices(kernel, tunnel):
     return sorted({dev for dev in found if dev and dev != tunnel.device})
 
 
-def _forwarding(kernel, statedir, tunnel, lease):
+def _forwarding(kernel, recorded, tunnel, lease):
     """Steps for the IPv4 forwarding the source subnets need, and the devices switched on after them.
 
     Forwarding goes on where the sources arrive and on the tunnel (for replies), only where
     it is off; down (lease None) switches back exactly the devices recorded as switched on."""
     from vpnsplit import sysctl
 
-    recorded = set(statedir.record(tunnel.name).get("forwarding") or [])
+    recorded = set(recorded.get("forwarding") or [])
     need = set()
     if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
         need = {tunnel.device, *source_devices(kernel, tunnel)}
@@ -320,12 +325,12 @@ def _forwarding(kernel, statedir, tunnel, lease):
     return steps, switched
 
 
-def _record_step(statedir, tunnel, lease, forwarding=()):
-    """The state-file step of a run (none if the record is already right), undone by restoring the old files."""
+def _record_step(statedir, recorded, tunnel, lease, forwarding):
+    """The state-file step of a run (none if the *recorded* document is already right),
+    undone by restoring the old files."""
     name = tunnel.name
     snap = statedir.snapshot(name)
-    recorded = set(statedir.record(name).get("forwarding") or [])
-    if lease is not None and (statedir.load_quiet(name) != lease or recorded != set(forwarding)):
+    if lease is not None and (statedir.load_quiet(name) != lease or set(recorded.get("forwarding") or []) != set(forwarding)):
         return [Step("record state", lambda: statedir.save(name, lease, forwarding) or True, lambda: statedir.restore(name, snap))]
     if lease is None and any(snap.values()):
         return [Step("forget state", lambda: statedir.forget(name) or True, lambda: statedir.restore(name, snap))]
@@ -369,6 +374,7 @@ def status(kernel, statedir, tunnel):
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     problems += _moved(kernel, tunnel, lease)
+    devices = [tunnel.device, *source_devices(kernel, tunnel)]
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -384,8 +390,8 @@ def status(kernel, statedir, tunnel):
         "recorded_at": statedir.record(tunnel.name).get("when") if lease else None,
         "objects": objects,
         # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
-        "rp_filter": {dev: sysctl.rp_filter(dev) for dev in [tunnel.device, *source_devices(kernel, tunnel)]},
-        "forwarding": {dev: sysctl.forwarding(dev) for dev in [tunnel.device, *source_devices(kernel, tunnel)]} if tunnel.sources else {},
+        "rp_filter": {dev: sysctl.rp_filter(dev) for dev in devices},
+        "forwarding": {dev: sysctl.forwarding(dev) for dev in devices} if tunnel.sources else {},
         "stale": stale,
         "in_sync": not problems,
         "problems": problems,

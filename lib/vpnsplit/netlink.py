@@ -9,6 +9,7 @@ and False when the kernel already was that way (adding what exists, deleting wha
 gone), so the caller knows exactly what to undo. Anything else raises NetlinkError.
 """
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -22,25 +23,37 @@ from vpnsplit.plan import DEFAULT_DST, PROTO, Address, Route, Rule
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 RTN = {1: "unicast", 7: "unreachable"}
-RTN_NUM = {v: k for k, v in RTN.items()}
 IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate detection
 
 
 class Netlink:
-    """One netlink socket for a whole run."""
+    """One netlink socket for a whole run.
+
+    Device names and indexes are looked up once per run (a hook asks for the same device
+    a dozen times, ~0.5 ms a request); `forget()` drops them, as Kernel.forget() does
+    after a run. A device that vanishes mid-run then fails its step with ENODEV.
+    """
 
     def __init__(self):
         self.ipr = IPRoute()
+        self.forget()
 
     def close(self):
         self.ipr.close()
 
+    def forget(self):
+        self._indexes, self._names = {}, {}
+
     # -- reading -------------------------------------------------------------------------
 
     def link_index(self, name):
-        """The ifindex of *name*, or None when there is no such device."""
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        """The ifindex of *name*, or None when there is no such device (absence is not cached)."""
+        if name not in self._indexes:
+            found = self.ipr.link_lookup(ifname=name)
+            if not found:
+                return None
+            self._indexes[name], self._names[found[0]] = found[0], name
+        return self._indexes[name]
 
     def is_ethernet(self, name):
         """True for a tap (Ethernet) device, False for tun/wireguard (no link layer)."""
@@ -72,8 +85,12 @@ class Netlink:
         return sorted(out, key=lambda a: (a.version, a))
 
     def link_name(self, index):
-        msgs = self.ipr.get_links(index)
-        return msgs[0].get_attr("IFLA_IFNAME") if msgs else None
+        if index not in self._names:
+            msgs = self.ipr.get_links(index)
+            if not msgs:
+                return None
+            self._names[index] = msgs[0].get_attr("IFLA_IFNAME")
+        return self._names[index]
 
     def dump_rules(self):
         """All of vpnsplit's rules as Rule objects; one dump per family.
@@ -148,12 +165,14 @@ class Netlink:
 
     def add_route(self, route):
         """Add *route* to its table. The same route already there: False."""
-        return _tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
+        with _named(route.device):
+            return _tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
 
     def replace_route(self, route):
         """Put *route* in place of the route with the same destination and metric, in one
         netlink call (a new gateway on reconnect): no moment without a route. Always True."""
-        self.ipr.route("replace", **self._route_spec(route))
+        with _named(route.device):
+            self.ipr.route("replace", **self._route_spec(route))
         return True
 
     def del_route(self, route):
@@ -162,11 +181,12 @@ class Netlink:
             spec = self._route_spec(route)
         except _NoDevice:
             return False
-        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT), **spec)
+        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT, errno.ENODEV), **spec)
 
     def add_address(self, address):
         """Put an alias on its device. Already there: False."""
-        return _tolerate(self.ipr.addr, "add", (errno.EEXIST,), **self._addr_spec(address))
+        with _named(address.device):
+            return _tolerate(self.ipr.addr, "add", (errno.EEXIST,), **self._addr_spec(address))
 
     def del_address(self, address):
         """Take an alias off its device. Already gone, or the device is gone: False."""
@@ -212,6 +232,17 @@ class Netlink:
 class _NoDevice(NetlinkError):
     def __init__(self, device):
         super().__init__(errno.ENODEV, f"device {device} does not exist")
+
+
+@contextlib.contextmanager
+def _named(device):
+    """Name the device in an ENODEV: it vanished since this run looked its index up."""
+    try:
+        yield
+    except NetlinkError as e:
+        if e.code == errno.ENODEV and device:
+            raise _NoDevice(device) from None
+        raise
 
 
 def _rule_spec(rule):
