@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 
-from vpnsplit import engine, runner, state
+from vpnsplit import config, engine, runner, state
 from vpnsplit.errors import InputError
 
 log = logging.getLogger("vpnsplit")
@@ -28,6 +28,7 @@ examples:
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
   vpnsplit explain 10.192.8.1   where a packet from the alias goes: rule, table, next hop, NAT
   vpnsplit default provider     all internet traffic through tunnel provider (a kill switch with strict)
+  vpnsplit default              the same for the tunnel whose section says default = true (lowest id wins)
   vpnsplit default --off        the host's own default route back, exactly as it was
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
@@ -55,8 +56,9 @@ def _parser():
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
     de = sub.add_parser("default", help="send all of the host's internet traffic through one tunnel (or --off)")
-    which = de.add_mutually_exclusive_group(required=True)
-    which.add_argument("name", nargs="?", metavar="NAME", help="the tunnel to use as the host's default route")
+    which = de.add_mutually_exclusive_group()
+    which.add_argument("name", nargs="?", metavar="NAME",
+                       help="the tunnel to use as the host's default route (default: the section with default = true; lowest id wins)")
     which.add_argument("--off", action="store_true", help="give the host its own default route back")
     ex = sub.add_parser("explain", help="where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
@@ -66,8 +68,17 @@ def _parser():
 
 
 def cmd_default(args, cfg):
-    """Choose (or drop) the host-wide default VPN; recorded so the tunnel's hooks keep it current."""
-    tunnel = None if args.off else cfg.tunnel(args.name, "vpnsplit default")
+    """Choose (or drop) the host-wide default VPN; recorded so the tunnel's hooks keep it current.
+    Without NAME, the config's `default = true` chooses."""
+    if args.off:
+        tunnel = None
+    elif args.name:
+        tunnel = cfg.tunnel(args.name, "vpnsplit default")
+    else:
+        tunnel = _configured_default(cfg)
+        if tunnel is None:
+            raise InputError(f"vpnsplit default: no [tunnel.*] section in {config.shown(cfg.path)} says default = true; "
+                             f"name the tunnel (vpnsplit default NAME) or add default = true to one")
     with runner.session() as (kernel, statedir):
         if tunnel is None:
             default = engine.OFF
@@ -111,24 +122,38 @@ def cmd_up(args, cfg):
             absent = args.all and kernel.nl.link_index(tunnel.device) is None
             targets.append((tunnel, None if absent else _current_lease(kernel, statedir, tunnel)))
         chosen = engine.default_tunnel(statedir, cfg.tunnels)
+        if args.all and statedir.default_choice() is None:
+            _configured_default(cfg)  # at boot: say which section chose, when several could
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
         changes = engine.converge(kernel, statedir, targets, default)
     what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
 
 
+def _configured_default(cfg):
+    """The tunnel `default = true` chooses (None if no section says so); logs the choice when several say it."""
+    candidates = config.default_candidates(cfg.tunnels)
+    if len(candidates) > 1:
+        log.info("default = true in %s: tunnel %s is the default VPN (lowest id, else lowest priority)",
+                 ", ".join(t.name for t in candidates), candidates[0].name)
+    return next(iter(candidates), None)
+
+
 def _current_lease(kernel, statedir, tunnel):
-    """The recorded lease if the device still carries it, else what the device carries now."""
+    """The recorded lease if the device still carries it, else what the device carries now;
+    for a WireGuard device with the endpoints read now (they may have moved since wg-up)."""
+    from vpnsplit import wgpeers
+
     if kernel.nl.link_index(tunnel.device) is None:
         raise InputError(f"vpnsplit up {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
     recorded = statedir.load_quiet(tunnel.name)
     live = kernel.lease_from_device(tunnel)
     if recorded and [a.ip for a in recorded.locals] == [a.ip for a in live.locals]:
-        return recorded
+        return wgpeers.with_endpoints(kernel.nl, recorded)
     if recorded:
         log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
                     " ".join(map(str, live.locals)), " ".join(map(str, recorded.locals)))
-    return live
+    return wgpeers.with_endpoints(kernel.nl, live)
 
 
 def cmd_down(args, cfg):

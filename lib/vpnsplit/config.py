@@ -65,6 +65,7 @@ class Tunnel:
     # the host-wide default VPN at boot (`vpnsplit up --all`), and its servers if the VPN client does not say
     default: bool = False
     servers: tuple = ()
+    id: int | None = None
 
     @property
     def alias_dev(self):
@@ -170,10 +171,20 @@ def parse(data, path="<config>"):
             raise InputError(f"{where}: must be a table of keys")
         tunnels[name] = _tunnel(name, section, where)
     _check_clashes(tunnels, path)
-    defaults = [t.name for t in tunnels.values() if t.default]
-    if len(defaults) > 1:
-        raise InputError(f"config {shown(path)}: default = true in more than one tunnel ({', '.join(defaults)}); choose one")
     return Config(path=path, tunnels=tunnels)
+
+
+def default_candidates(tunnels):
+    """The sections saying `default = true`, the chosen one first.
+
+    Seed 001: "lowest number = default VPN to use ... when multiple are enabled". The
+    lowest `id` wins; a section without one counts by its priority, which is what an id
+    derives (id N is priority ID_BASE + PRIORITY_SPAN * N), then by name. Empty when no
+    section says default = true: a default VPN is never guessed, since it would silently
+    send the host's traffic through a VPN.
+    """
+    rank = lambda t: (ID_BASE + PRIORITY_SPAN * t.id if t.id is not None else t.priority, t.name)  # noqa: E731
+    return sorted((t for t in tunnels.values() if t.default), key=rank)
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
@@ -240,6 +251,7 @@ def _tunnel(name, s, where):
         forward=forward,
         default=_bool(s, "default", False, where),
         servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _list(s, "servers", where)),
+        id=s.get("id"),
     )
 
 

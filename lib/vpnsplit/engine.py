@@ -203,10 +203,12 @@ OFF = "off"
 
 def default_tunnel(statedir, tunnels):
     """The host-wide default VPN: `vpnsplit default NAME` if said (None after --off), else
-    the section with `default = true`, else None."""
+    the section `default = true` chooses (config.default_candidates), else None."""
+    from vpnsplit.config import default_candidates
+
     chosen = statedir.default_choice()
     if chosen is None:
-        return next((t for t in tunnels.values() if t.default), None)
+        return next(iter(default_candidates(tunnels)), None)
     return tunnels.get(chosen)
 
 
@@ -221,7 +223,8 @@ def converge(kernel, statedir, targets, default=None):
     """
     desired, current, records = plan.State(), plan.State(), []
     if default is not None:
-        desired, current = _default_rules(kernel, default), kernel.observe_default()
+        current = kernel.observe_default()
+        desired = _default_rules(kernel, default, current)
     for tunnel, lease in targets:
         if lease is not None:
             want = plan.plan_up(tunnel, lease)
@@ -248,15 +251,21 @@ def converge(kernel, statedir, targets, default=None):
         kernel.forget()
 
 
-def _default_rules(kernel, default):
-    """The desired rules of the host-wide default VPN (none for OFF)."""
+def _default_rules(kernel, default, current):
+    """The desired rules of the host-wide default VPN (none for OFF), given its *current* ones.
+
+    The server exceptions come from the config, the lease (OpenVPN's trusted_ip, the
+    WireGuard endpoints, read at up) and, while the tunnel is down, the exceptions in
+    place: a reconnecting client must still reach its server through the kill switch.
+    """
     if default == OFF:
         return plan.State()
     tunnel, lease = default
-    servers = {*tunnel.servers, *(lease.servers if lease else ())}
-    if lease is not None and not servers:
-        log.warning("tunnel %s: no VPN server address known (OpenVPN trusted_ip, or servers = [...] in the config): "
-                    "its own packets may loop into the tunnel", tunnel.name)
+    servers = {*tunnel.servers, *(lease.servers if lease else plan.default_servers(current, tunnel))}
+    if not servers and (lease is not None or tunnel.strict):
+        log.warning("tunnel %s: no VPN server address known (OpenVPN trusted_ip, the WireGuard endpoint, or servers = [...] "
+                    "in the config): %s", tunnel.name,
+                    "its own packets may loop into the tunnel" if lease else "with strict, its VPN client cannot reach the server through the kill switch before it connects")
     return plan.plan_default(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)))
 
 

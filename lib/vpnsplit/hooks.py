@@ -59,8 +59,11 @@ def wg_up(args):
     opts, iface = _wg_args(args, "wg-up")
     cfg = runner.load_config(opts.get("config"))
     tunnel = _tunnel(cfg, iface, opts.get("tunnel"), "wg-up")
+    from vpnsplit import wgpeers
+
     with runner.session() as (kernel, statedir):
-        lease = kernel.lease_from_device(tunnel)
+        # the peers' endpoints are the VPN servers a default VPN must keep out of the tunnel
+        lease = wgpeers.with_endpoints(kernel.nl, kernel.lease_from_device(tunnel))
         changes = engine.up(kernel, statedir, tunnel, lease, cfg.tunnels)
     _report("up", tunnel, changes, lease)
 

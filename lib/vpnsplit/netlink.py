@@ -60,6 +60,11 @@ class Netlink:
         msgs = self.ipr.get_links(self._index(name))
         return msgs[0]["ifi_type"] == 1  # ARPHRD_ETHER
 
+    def link_kind(self, name):
+        """The rtnetlink kind of device *name* ("wireguard", "veth"; None for tun and plain devices)."""
+        info = self.ipr.get_links(self._index(name))[0].get_attr("IFLA_LINKINFO")
+        return info.get_attr("IFLA_INFO_KIND") if info else None
+
     def connected_device(self, network):
         """The device of the main table's gateway-less route that holds *network*, or None."""
         fam = AF[network.version]

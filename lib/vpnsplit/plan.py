@@ -255,6 +255,14 @@ def plan_default(tunnel, lease, uplink, servers):
     return State(rules=frozenset(rules))
 
 
+def default_servers(state, tunnel):
+    """The VPN servers that the default VPN's rules in *state* keep out of *tunnel* (none
+    when those rules send the host through another tunnel)."""
+    if not any(r.priority == DEFAULT_PRIORITY + 3 and r.table == tunnel.table for r in state.rules):
+        return set()
+    return {ipaddress.ip_network(r.dst).network_address for r in state.rules if r.priority == DEFAULT_PRIORITY + 2}
+
+
 @dataclasses.dataclass(frozen=True)
 class Diff:
     add: State

@@ -71,7 +71,47 @@ def test_default_is_chosen_at_boot_by_the_config(world):
     ns.write_config(CONFIG.replace('servers', 'default  = true\nservers'))
     assert ns.vpnsplit("up", "--all").returncode == 0
     assert (32003, "all", TABLE, 118) in ns.rules()
-    two = CONFIG + '\n[tunnel.b]\ndevice = "tun9"\nid = 4\ndefault = true\n'
-    ns.write_config(two.replace('servers', 'default  = true\nservers'))
-    proc = ns.vpnsplit("status")
-    assert proc.returncode == 2 and "default = true in more than one tunnel" in proc.stderr
+
+
+def test_several_defaults_the_lowest_id_chooses_and_says_so(world):
+    ns, ctr, far, isp = world
+    # both say default = true: b's id 2 is lower than vpn's 3 (b's device is absent: a kill switch until it connects)
+    ns.write_config('[tunnel.b]\ndevice = "tun9"\nid = 2\ndefault = true\n' + CONFIG.replace('servers', 'default  = true\nservers'))
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert "default = true in b, vpn: tunnel b is the default VPN" in proc.stderr
+    assert [r for r in ns.rules() if r[0] == 32003] == [(32003, "all", 10002, 118)] * 2
+
+
+def test_default_without_name_applies_the_configured_choice(world):
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    before = ns.dump()
+    proc = ns.vpnsplit("default")
+    assert proc.returncode == 2 and "no [tunnel.*] section" in proc.stderr and "says default = true" in proc.stderr
+    assert ns.dump() == before  # refused before any change
+    ns.write_config(CONFIG.replace('servers', 'default  = true\nservers'))
+    assert ns.vpnsplit("default", "--off").returncode == 0  # recorded off: the config no longer decides
+    proc = ns.vpnsplit("default")
+    assert proc.returncode == 0, proc.stderr
+    assert [r for r in ns.rules() if r[0] == 32003] == [(32003, "all", TABLE, 118)] * 2
+    assert received(far, "192.0.2.80", 5003, ns) == ("sent", "10.8.0.2 hello")
+
+
+def test_server_exception_learnt_at_up_stays_while_the_tunnel_is_down(world):
+    """OpenVPN reconnects without persist-tun: down, handshake with the server, up. The
+    handshake must pass the kill switch, so the trusted_ip exception outlives down."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG.replace('servers  = ["203.0.113.2"]', ""))
+    env = {"trusted_ip": "203.0.113.7", "dev_type": "tap", "route_vpn_gateway": "10.8.0.1"}
+    assert ns.openvpn("up", "vpn0", "10.8.0.2", "255.255.255.0", env=env).returncode == 0
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    server_rule = (32002, "all", 254, 118)
+    assert server_rule in ns.rules()
+    assert "dev eth0" in ns.exec("ip", "route", "get", "203.0.113.7").stdout
+    assert ns.openvpn("down", "vpn0", "10.8.0.2", "255.255.255.0", context="restart", env=env).returncode == 0
+    assert server_rule in ns.rules() and "dev eth0" in ns.exec("ip", "route", "get", "203.0.113.7").stdout
+    killed = ns.exec("ip", "route", "get", "192.0.2.80")  # everything else meets the kill switch
+    assert killed.returncode != 0 and "No route to host" in killed.stderr
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    assert [r for r in ns.rules() if r[0] in range(32000, 32004)] == []
