@@ -55,16 +55,20 @@ def endpoints(nl, device):
     except FileNotFoundError:
         is_socket = False
     if is_socket:
-        return parse_uapi(_ask(path))
+        try:
+            return parse_uapi(_ask(path))
+        except ConnectionRefusedError:
+            pass  # left by a wireguard-go that died; wg(8) then asks the kernel too
     if nl.link_kind(device) == "wireguard":
         return _genl(device)
     return None
 
 
 def _ask(path):
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(TIMEOUT)
+    """The answer to a get; ConnectionRefusedError when nothing listens on *path*."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        try:
             s.connect(path)
             s.sendall(b"get=1\n\n")
             answer = b""
@@ -73,8 +77,10 @@ def _ask(path):
                 if not chunk:
                     break
                 answer += chunk
-    except OSError as e:
-        raise WireGuardError(f"{path}: {e.strerror or e}") from None
+        except ConnectionRefusedError:
+            raise
+        except OSError as e:  # a timeout included: a wedged wireguard-go
+            raise WireGuardError(f"{path}: {e.strerror or e}") from None
     return answer.decode(errors="replace")
 
 

@@ -85,3 +85,68 @@ def test_uapi_peer_without_endpoint_gives_none():
 def test_uapi_bad_answers_are_one_clear_error(text, named):
     with pytest.raises(wgpeers.WireGuardError, match=named):
         wgpeers.parse_uapi(text)
+
+
+class NotWireGuard:
+    """A netlink stand-in: the device is of no kind (a tun device, say)."""
+
+    def link_kind(self, device):
+        return None
+
+
+def serve_once(path, answer):
+    """A one-shot UAPI server on *path* that checks the request and sends *answer*."""
+    import socket
+    import threading
+
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def run():
+        conn, _ = srv.accept()
+        with conn, srv:
+            request = b""
+            while not request.endswith(b"\n\n"):
+                request += conn.recv(64)
+            conn.sendall(answer.encode() if request == b"get=1\n\n" else b"errno=22\n\n")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_endpoints_over_a_uapi_socket(tmp_path, monkeypatch):
+    monkeypatch.setattr(wgpeers, "SOCKET_DIR", str(tmp_path))
+    thread = serve_once(tmp_path / "wgx.sock", UAPI)
+    assert wgpeers.endpoints(NotWireGuard(), "wgx") == (ipaddress.ip_address("203.0.113.2"), ipaddress.ip_address("2001:db8::2"))
+    thread.join()
+
+
+def test_no_socket_and_no_wireguard_device_is_not_wireguard(tmp_path, monkeypatch):
+    from vpnsplit.lease import Lease
+
+    monkeypatch.setattr(wgpeers, "SOCKET_DIR", str(tmp_path))
+    lease = Lease(device="tun0", local4=ipaddress.ip_interface("10.8.0.2/24"), servers=(ipaddress.ip_address("203.0.113.2"),))
+    assert wgpeers.endpoints(NotWireGuard(), "tun0") is None
+    assert wgpeers.with_endpoints(NotWireGuard(), lease) is lease  # OpenVPN's trusted_ip stays
+
+
+def test_a_stale_socket_counts_as_none(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(wgpeers, "SOCKET_DIR", str(tmp_path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(tmp_path / "wgx.sock"))  # bound, never listening: what a killed wireguard-go leaves
+        assert wgpeers.endpoints(NotWireGuard(), "wgx") is None
+
+
+def test_an_error_answer_keeps_the_lease_and_warns(tmp_path, monkeypatch, caplog):
+    from vpnsplit.lease import Lease
+
+    monkeypatch.setattr(wgpeers, "SOCKET_DIR", str(tmp_path))
+    thread = serve_once(tmp_path / "wgx.sock", "errno=1\n\n")
+    lease = Lease(device="wgx", local4=ipaddress.ip_interface("10.9.0.2/24"))
+    assert wgpeers.with_endpoints(NotWireGuard(), lease) is lease
+    assert "cannot read the WireGuard endpoints (answer ended with errno=1)" in caplog.text
+    thread.join()
