@@ -130,6 +130,7 @@ def test_default_vpn_with_a_real_client(lab, kind):  # noqa: F811
 
     vpn.start()  # the client reaches its server through the kill switch: no loop into the tunnel
     checks.assert_ok(carried(lab, vpn.addr), lab)
+    assert lab.vpnsplit("check", check=False).returncode == 0, lab.vpnsplit("status", check=False).stdout
 
     lab.vpnsplit("default", "--off")
     after = host_dump(lab)

@@ -80,12 +80,16 @@ def cmd_default(args, cfg):
             raise InputError(f"vpnsplit default: no [tunnel.*] section in {config.shown(cfg.path)} says default = true; "
                              f"name the tunnel (vpnsplit default NAME) or add default = true to one")
     with runner.session() as (kernel, statedir):
+        targets = []
         if tunnel is None:
             default = engine.OFF
+        elif kernel.nl.link_index(tunnel.device) is None:
+            default = (tunnel, None)  # not connected: with strict, a kill switch until it is
         else:
-            present = kernel.nl.link_index(tunnel.device) is not None
-            default = (tunnel, _current_lease(kernel, statedir, tunnel) if present else None)
-        changes = engine.converge(kernel, statedir, [], default)
+            # the tunnel itself too, so its record holds the servers read now (check compares with it)
+            default = (tunnel, _current_lease(kernel, statedir, tunnel))
+            targets = [default]
+        changes = engine.converge(kernel, statedir, targets, default)
         statedir.choose_default("" if tunnel is None else tunnel.name)
     what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
     log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")
@@ -166,37 +170,56 @@ def cmd_down(args, cfg):
 
 
 def _reports(args, cfg):
+    """(per-tunnel reports, the default VPN's report or None); the latter only when every
+    tunnel is asked for, or the one the default VPN goes through."""
     names = [cfg.tunnel(args.name, f"vpnsplit {args.command}").name] if args.name else list(cfg.tunnels)
     from vpnsplit.engine import Kernel
 
     statedir = state.StateDir(state.dir_from())
     kernel = Kernel()
     try:
-        return [engine.status(kernel, statedir, cfg.tunnels[n]) for n in names]
+        default = engine.default_status(kernel, statedir, cfg.tunnels)
+        if default and args.name and default["tunnel"] != args.name:
+            default = None
+        return [engine.status(kernel, statedir, cfg.tunnels[n]) for n in names], default
     finally:
         kernel.close()
 
 
 def cmd_status(args, cfg):
-    reports = _reports(args, cfg)
+    reports, default = _reports(args, cfg)
     if args.json:
-        json.dump({"tunnels": reports}, sys.stdout, indent=2)
+        json.dump({"tunnels": reports, "default": default}, sys.stdout, indent=2)
         print()
     else:
         for r in reports:
             print(_describe(r))
+        if default:
+            print(_describe_default(default))
     return 0
 
 
 def cmd_check(args, cfg):
-    reports = _reports(args, cfg)
+    reports, default = _reports(args, cfg)
+    in_sync = all(r["in_sync"] for r in reports) and (default is None or default["in_sync"])
     if args.json:
-        json.dump({"in_sync": all(r["in_sync"] for r in reports), "tunnels": {r["tunnel"]: r["problems"] for r in reports}}, sys.stdout, indent=2)
+        json.dump({"in_sync": in_sync, "tunnels": {r["tunnel"]: r["problems"] for r in reports},
+                   "default": default and default["problems"]}, sys.stdout, indent=2)
         print()
     for r in reports:
         for p in r["problems"]:
             log.warning("tunnel %s: %s", r["tunnel"], p)
-    return 0 if all(r["in_sync"] for r in reports) else EXIT_DRIFT
+    for p in default["problems"] if default else ():
+        log.warning("default VPN: %s", p)
+    return 0 if in_sync else EXIT_DRIFT
+
+
+def _describe_default(r):
+    head = f"default VPN: tunnel {r['tunnel']}" if r["tunnel"] else "default VPN: off"
+    lines = [head] + [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]]
+    lines += [f"  STALE    {s}" for s in r["stale"]]
+    lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit default ' + (r['tunnel'] or '--off')}")
+    return "\n".join(lines)
 
 
 def _describe(r):

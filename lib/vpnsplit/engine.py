@@ -368,6 +368,22 @@ def _moved(kernel, tunnel, lease):
     return [f"device {tunnel.device} carries {now}, not the recorded {a.address}: address changed underneath" for a in gone]
 
 
+def default_status(kernel, statedir, tunnels):
+    """The host-wide default VPN: its tunnel, each rule that should exist (from the recorded
+    choice and lease) and whether it does, and stale ones; None when there is no default VPN
+    and none of its rules are left."""
+    tunnel = default_tunnel(statedir, tunnels)
+    current = kernel.observe_default()
+    desired = plan.State() if tunnel is None else _default_rules(kernel, (tunnel, statedir.load_quiet(tunnel.name)), current)
+    if not desired.rules and not current.rules:
+        return None
+    d = plan.diff(desired, current)
+    objects = [{"object": str(r), "present": r not in d.add.rules} for r in sorted(desired.rules)]
+    stale = [str(r) for r in sorted(d.remove.rules)]
+    problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {r}" for r in stale]
+    return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
+
+
 def status(kernel, statedir, tunnel):
     """Per tunnel: the recorded lease, each object that should exist and whether it does, and stale ones."""
     from vpnsplit import sysctl

@@ -115,3 +115,22 @@ def test_server_exception_learnt_at_up_stays_while_the_tunnel_is_down(world):
     assert killed.returncode != 0 and "No route to host" in killed.stderr
     assert ns.vpnsplit("default", "--off").returncode == 0
     assert [r for r in ns.rules() if r[0] in range(32000, 32004)] == []
+
+
+def test_status_and_check_cover_the_default_vpn(world):
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    assert ns.vpnsplit("check").returncode == 0
+    ns.ip("-4", "rule", "del", "priority", "32003")  # say, a firewall script
+    proc = ns.vpnsplit("check")
+    assert proc.returncode == 3 and f"default VPN: missing: rule from 0.0.0.0/0 lookup {TABLE} priority 32003" in proc.stderr
+    status = ns.vpnsplit("status")
+    assert f"MISSING  rule from 0.0.0.0/0 lookup {TABLE} priority 32003" in status.stdout, status.stdout
+    assert "ok       rule from 0.0.0.0/0 to 203.0.113.2/32 lookup 254 priority 32002" in status.stdout
+    assert json.loads(ns.vpnsplit("status", "--json").stdout)["default"]["tunnel"] == "vpn"
+    assert ns.vpnsplit("up", "vpn").returncode == 0  # the default tunnel's up repairs its rules
+    assert ns.vpnsplit("check").returncode == 0
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    assert ns.vpnsplit("check").returncode == 0 and "default VPN" not in ns.vpnsplit("status").stdout
