@@ -189,6 +189,8 @@ def _describe(r):
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     lines += [f"  rp_filter on {dev}: {rpf.get(v, v)}" + (f", forwarding {'on' if r['forwarding'].get(dev) else 'off'}" if dev in r["forwarding"] else "")
               for dev, v in r["rp_filter"].items()]
+    if r["forwarding6"] is not None:
+        lines.append(f"  IPv6 forwarding (net.ipv6.conf.all.forwarding): {'on' if r['forwarding6'] else 'off: IPv6 sources are not forwarded; set it to 1'}")
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
     return "\n".join(lines)
