@@ -1,5 +1,6 @@
 """Issue 3, scenarios 5, 6 and 7: wg-quick with configs/wireguard/wg0.conf, the strict
-fail-closed alias once the tunnel is down, and an OpenVPN and a WireGuard tunnel at once.
+fail-closed alias once the tunnel is down, and an OpenVPN and a WireGuard tunnel at once;
+issue 6: IPv6 through the same tunnel (alias6, a port forward to it).
 
 Run one alone:  .venv/bin/python -m pytest tests/test_lab_wireguard.py -k strict -v
 """
@@ -8,11 +9,14 @@ import pytest
 
 from tests.lab import checks
 from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
+from tests.lab.wireguard import SERVER_ADDR6
 
 pytestmark = pytest.mark.lab
 
 OVPN_ALIAS, WG_ALIAS = "10.192.8.1", "10.192.9.1"
-WG_ADDR = "10.9.0.2"  # Address in configs/wireguard/wg0.conf
+WG_ADDR, WG_ADDR6 = "10.9.0.2", "fd09::2"  # Address in configs/wireguard/wg0.conf
+WG_ALIAS6 = "fd10:192:9::1"
+FORWARD_PORT = 7100
 
 
 def openvpn_tunnel():
@@ -40,6 +44,27 @@ def test_wg_quick_up_down_up(lab):  # noqa: F811
 
     client.up()
     checks.assert_ok(checks.tunnel_checks(lab, WG_ALIAS, WG_ADDR), lab)
+
+
+def test_wg_quick_ipv6_alias6_and_port_forward(lab):  # noqa: F811
+    """The real PostUp hook reads both addresses off the interface: alias6 leaves as the tunnel's
+    IPv6 address (beside the IPv4 split), the VPN side reaches a service bound only to alias6
+    through the forwarded port on the tunnel's IPv6 address, and alias6 fails closed after down."""
+    client, _ = lab.wireguard_pair()
+    lab.write_vpnsplit_config(wg=dict(wg_tunnel(client.ifname), alias6=WG_ALIAS6, forward=[f"tcp/{FORWARD_PORT}"]))
+    checks.start_listeners(lab)
+    client.up()
+    assert lab.address_of(client.ifname, family="-6") == WG_ADDR6, lab.diagnostics()
+    checks.assert_ok(checks.tunnel_checks(lab, WG_ALIAS6, WG_ADDR6) + checks.seen_from(lab, WG_ALIAS, WG_ADDR), lab)
+
+    # the server side knows only the tunnel: the TCP handshake completes only if the answer,
+    # from alias6, goes back through the tunnel as the tunnel's IPv6 address
+    lab.listen("host", [WG_ALIAS6], port=FORWARD_PORT)
+    seen = lab.whoami(SERVER_ADDR6, WG_ADDR6, port=FORWARD_PORT, role="vpn")
+    assert seen == SERVER_ADDR6, f"forward to alias6: {seen}\n{lab.diagnostics()}"
+
+    client.down()
+    checks.assert_ok(checks.fail_closed_checks(lab, WG_ALIAS6), lab)
 
 
 @pytest.mark.parametrize("vpn", ["openvpn", "wireguard"])
