@@ -9,6 +9,7 @@ import pytest
 
 from tests.lab import checks
 from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
+from tests.lab.netns import CONTAINER, CONTAINER6, CONTAINER_NET, CONTAINER_NET6
 from tests.lab.wireguard import SERVER_ADDR6
 
 pytestmark = pytest.mark.lab
@@ -65,6 +66,36 @@ def test_wg_quick_ipv6_alias6_and_port_forward(lab):  # noqa: F811
 
     client.down()
     checks.assert_ok(checks.fail_closed_checks(lab, WG_ALIAS6), lab)
+
+
+def test_wg_quick_source_subnets_both_families(lab):  # noqa: F811
+    """A container (10.20.1.5, fd20:1::5) behind the host leaves through the real wg-quick tunnel,
+    SNAT-ed to the tunnel's address of its family, never by the isp; strict: nothing once down.
+    The admin sets net.ipv6.conf.all.forwarding = 1 (README); vpnsplit does IPv4's per device."""
+    client, _ = lab.wireguard_pair()
+    lab.add_container()
+    lab.sysctl("host", "net.ipv6.conf.all.forwarding", "1")
+    lab.write_vpnsplit_config(wg=dict(wg_tunnel(client.ifname), sources=[CONTAINER_NET, CONTAINER_NET6]))
+    checks.start_listeners(lab)
+    client.up()
+    counter = lab.isp_counter([CONTAINER, CONTAINER6])
+    found = [*checks.seen_from(lab, CONTAINER, WG_ADDR, role="ctr"), *checks.seen_from(lab, CONTAINER6, WG_ADDR6, role="ctr")]
+
+    client.down()
+    for src in (CONTAINER, CONTAINER6):
+        seen = lab.whoami(src, checks.plain(src).target, "udp", role="ctr", timeout=1)
+        found.append(checks.Check(f"UDP from {src} with the tunnel down", "an error", seen, passed=seen.startswith("error")))
+    counts = counter.counts()
+    found += [checks.Check(f"packets from {src} on the isp link", "0", str(counts[src])) for src in (CONTAINER, CONTAINER6)]
+    checks.assert_ok(found, lab)
+    # control: without vpnsplit's rules for the subnets (and IPv4 forwarding, which down switched
+    # back off) the same probes do reach the isp
+    lab.sysctl("host", "net.ipv4.conf.ctr0.forwarding", "1")
+    for family in ("-4", "-6"):
+        lab.ip("host", family, "rule", "del", "priority", "1103")
+    for src in (CONTAINER, CONTAINER6):
+        lab.whoami(src, checks.plain(src).target, "udp", role="ctr", timeout=0.5)
+    assert all(counter[src] > 0 for src in (CONTAINER, CONTAINER6)), f"control failed: {counter.counts()}"
 
 
 @pytest.mark.parametrize("vpn", ["openvpn", "wireguard"])

@@ -55,13 +55,13 @@ def start_listeners(lab):
     lab.listen("lan", [p.neighbour for p in PLAIN.values()])
 
 
-def seen_from(lab, src, expected, dst=None, protos=PROTOS, label=None):
-    """One Check per protocol: connecting from *src* to *dst* (default: the internet host of
-    *src*'s family), the far end should see *expected*."""
+def seen_from(lab, src, expected, dst=None, protos=PROTOS, label=None, role="host"):
+    """One Check per protocol: connecting from *src* in *role* to *dst* (default: the internet
+    host of *src*'s family), the far end should see *expected*."""
     dst = dst or plain(src).target
     where = "internet host" if dst == plain(src).target else "LAN neighbour"
     return [Check(f"{proto.upper()} from {label or src} -> {where} {dst} sees", expected,
-                  lab.whoami(src, dst, proto)) for proto in protos]
+                  lab.whoami(src, dst, proto, role=role)) for proto in protos]
 
 
 def tunnel_checks(lab, alias, tunnel_addr, protos=PROTOS):

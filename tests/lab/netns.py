@@ -35,6 +35,9 @@ TARGET = "192.0.2.80"
 ISP_LINK = "lan0"  # the isp router's interface towards the host: the link captures watch
 HOST_ADDR6, LAN_NEIGHBOUR6, ISP_LAN6 = "2001:db8:51::10", "2001:db8:51::20", "2001:db8:51::1"
 ISP_WAN6, SERVER6, TARGET6 = "2001:db8:113::1", "2001:db8:113::2", "2001:db8:2::80"
+# add_container(): a container subnet behind the host (the issue's example `sources`)
+CONTAINER_NET, CONTAINER, CONTAINER_GW = "10.20.1.0/24", "10.20.1.5", "10.20.1.1"
+CONTAINER_NET6, CONTAINER6, CONTAINER_GW6 = "fd20:1::/64", "fd20:1::5", "fd20:1::1"
 
 ROLES = ("host", "lan", "isp", "vpn")
 _serial = itertools.count()
@@ -90,13 +93,7 @@ class Network:
 
     def build(self):
         for role in ROLES:
-            run(["ip", "netns", "add", self.ns[role]])
-            self.created.append(role)
-            self.ip(role, "link", "set", "lo", "up")
-            # no duplicate address detection: IPv6 addresses (link-local ones too, which
-            # neighbour discovery needs) are usable at once, as IPv4 ones are
-            for conf in ("all", "default"):
-                self.sysctl(role, f"net.ipv6.conf.{conf}.accept_dad", "0")
+            self._namespace(role)
         # The LAN is a bridge in the neighbour's namespace, with the host and the router on it.
         self.ip("lan", "link", "add", "br0", "type", "bridge")
         self._addresses("lan", "br0", f"{LAN_NEIGHBOUR}/24", f"{LAN_NEIGHBOUR6}/64")
@@ -122,6 +119,26 @@ class Network:
         self.sysctl("vpn", "net.ipv4.conf.all.rp_filter", "1")
         # The host's own reverse-path filter stays at the kernel default on purpose: the
         # lab must not hide a vpnsplit rp_filter problem, nor invent one.
+
+    def add_container(self):
+        """A `ctr` namespace behind the host (CONTAINER_NET*, host side ctr0): a container whose
+        subnet a tunnel's `sources` sends through it."""
+        self._namespace("ctr")
+        self._veth("host", "ctr0", "ctr", "eth0", f"{CONTAINER}/24", f"{CONTAINER6}/64")
+        self._addresses("host", "ctr0", f"{CONTAINER_GW}/24", f"{CONTAINER_GW6}/64")
+        self.ip("host", "link", "set", "ctr0", "up")
+        self.ip("ctr", "route", "add", "default", "via", CONTAINER_GW)
+        self.ip("ctr", "-6", "route", "add", "default", "via", CONTAINER_GW6)
+
+    def _namespace(self, role):
+        self.ns[role] = f"{self.prefix}-{role}"
+        run(["ip", "netns", "add", self.ns[role]])
+        self.created.append(role)
+        self.ip(role, "link", "set", "lo", "up")
+        # no duplicate address detection: IPv6 addresses (link-local ones too, which
+        # neighbour discovery needs) are usable at once, as IPv4 ones are
+        for conf in ("all", "default"):
+            self.sysctl(role, f"net.ipv6.conf.{conf}.accept_dad", "0")
 
     def _veth(self, role_a, name_a, role_b, name_b, *addrs_b):
         """A veth pair from *role_a* to *role_b*; *addrs_b* go on the far end."""
