@@ -171,7 +171,7 @@ class Lab(Network):
     def nft_ruleset(self, role="host"):
         return self.run(role, ["nft", "list", "ruleset"]).stdout
 
-    def default_route(self, like="0.0.0.0", role="host"):
+    def default_route(self, role="host", like="0.0.0.0"):
         """The default routes of *like*'s family, without IPv6's "metric 1024 pref medium"."""
         out = self.ip(role, "-6" if ":" in like else "-4", "route", "show", "default")
         return "\n".join(line.split(" metric ")[0] for line in out.strip().splitlines())
