@@ -52,3 +52,24 @@ def test_other_topologies(lab, mode, example, device):  # noqa: F811
     assert tunnel_addr, lab.diagnostics()
 
     checks.assert_ok(checks.tunnel_checks(lab, ALIAS, tunnel_addr), lab)
+
+
+ALIAS6 = "fd10:192:8::1"
+
+
+@pytest.mark.parametrize("mode, example, device", [("subnet", "client.conf", "tun0"), ("tap", "client-tap.conf", "tap0")])
+def test_ipv6(lab, mode, example, device):  # noqa: F811
+    """server-ipv6: the up hook takes ifconfig_ipv6_local (and on tap ifconfig_ipv6_remote, the
+    gateway) from OpenVPN's environment; alias6 leaves as the tunnel's IPv6 address beside the
+    IPv4 split, and fails closed once the client stops."""
+    lab.write_vpnsplit_config(provider=provider(device, alias6=ALIAS6, alias_device="lo"))
+    checks.start_listeners(lab)
+    lab.openvpn_server(mode, ipv6=True)
+    client = lab.openvpn_client(example)
+    addr4, addr6 = lab.address_of(device), lab.address_of(device, family="-6")
+    assert addr6 and addr6.startswith("fd00:8::"), lab.diagnostics()
+
+    checks.assert_ok(checks.tunnel_checks(lab, ALIAS6, addr6) + checks.seen_from(lab, ALIAS, addr4), lab)
+
+    client.stop()
+    checks.assert_ok(checks.fail_closed_checks(lab, ALIAS6), lab)

@@ -1,5 +1,6 @@
 """Issue 3, scenarios 5, 6 and 7: wg-quick with configs/wireguard/wg0.conf, the strict
-fail-closed alias once the tunnel is down, and an OpenVPN and a WireGuard tunnel at once.
+fail-closed alias once the tunnel is down, and an OpenVPN and a WireGuard tunnel at once;
+issue 6: IPv6 through the same tunnel (alias6, a port forward to it).
 
 Run one alone:  .venv/bin/python -m pytest tests/test_lab_wireguard.py -k strict -v
 """
@@ -8,11 +9,15 @@ import pytest
 
 from tests.lab import checks
 from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
+from tests.lab.netns import CONTAINER, CONTAINER6, CONTAINER_NET, CONTAINER_NET6
+from tests.lab.wireguard import SERVER_ADDR6
 
 pytestmark = pytest.mark.lab
 
 OVPN_ALIAS, WG_ALIAS = "10.192.8.1", "10.192.9.1"
-WG_ADDR = "10.9.0.2"  # Address in configs/wireguard/wg0.conf
+WG_ADDR, WG_ADDR6 = "10.9.0.2", "fd09::2"  # Address in configs/wireguard/wg0.conf
+WG_ALIAS6 = "fd10:192:9::1"
+FORWARD_PORT = 7100
 
 
 def openvpn_tunnel():
@@ -40,6 +45,57 @@ def test_wg_quick_up_down_up(lab):  # noqa: F811
 
     client.up()
     checks.assert_ok(checks.tunnel_checks(lab, WG_ALIAS, WG_ADDR), lab)
+
+
+def test_wg_quick_ipv6_alias6_and_port_forward(lab):  # noqa: F811
+    """The real PostUp hook reads both addresses off the interface: alias6 leaves as the tunnel's
+    IPv6 address (beside the IPv4 split), the VPN side reaches a service bound only to alias6
+    through the forwarded port on the tunnel's IPv6 address, and alias6 fails closed after down."""
+    client, _ = lab.wireguard_pair()
+    lab.write_vpnsplit_config(wg=dict(wg_tunnel(client.ifname), alias6=WG_ALIAS6, forward=[f"tcp/{FORWARD_PORT}"]))
+    checks.start_listeners(lab)
+    client.up()
+    assert lab.address_of(client.ifname, family="-6") == WG_ADDR6, lab.diagnostics()
+    checks.assert_ok(checks.tunnel_checks(lab, WG_ALIAS6, WG_ADDR6) + checks.seen_from(lab, WG_ALIAS, WG_ADDR), lab)
+
+    # the server side knows only the tunnel: the TCP handshake completes only if the answer,
+    # from alias6, goes back through the tunnel as the tunnel's IPv6 address
+    lab.listen("host", [WG_ALIAS6], port=FORWARD_PORT)
+    seen = lab.whoami(SERVER_ADDR6, WG_ADDR6, port=FORWARD_PORT, role="vpn")
+    assert seen == SERVER_ADDR6, f"forward to alias6: {seen}\n{lab.diagnostics()}"
+
+    client.down()
+    checks.assert_ok(checks.fail_closed_checks(lab, WG_ALIAS6), lab)
+
+
+def test_wg_quick_source_subnets_both_families(lab):  # noqa: F811
+    """A container (10.20.1.5, fd20:1::5) behind the host leaves through the real wg-quick tunnel,
+    SNAT-ed to the tunnel's address of its family, never by the isp; strict: nothing once down.
+    The admin sets net.ipv6.conf.all.forwarding = 1 (README); vpnsplit does IPv4's per device."""
+    client, _ = lab.wireguard_pair()
+    lab.add_container()
+    lab.sysctl("host", "net.ipv6.conf.all.forwarding", "1")
+    lab.write_vpnsplit_config(wg=dict(wg_tunnel(client.ifname), sources=[CONTAINER_NET, CONTAINER_NET6]))
+    checks.start_listeners(lab)
+    client.up()
+    counter = lab.isp_counter([CONTAINER, CONTAINER6])
+    found = [*checks.seen_from(lab, CONTAINER, WG_ADDR, role="ctr"), *checks.seen_from(lab, CONTAINER6, WG_ADDR6, role="ctr")]
+
+    client.down()
+    for src in (CONTAINER, CONTAINER6):
+        seen = lab.whoami(src, checks.plain(src).target, "udp", role="ctr", timeout=1)
+        found.append(checks.Check(f"UDP from {src} with the tunnel down", "an error", seen, passed=seen.startswith("error")))
+    counts = counter.counts()
+    found += [checks.Check(f"packets from {src} on the isp link", "0", str(counts[src])) for src in (CONTAINER, CONTAINER6)]
+    checks.assert_ok(found, lab)
+    # control: without vpnsplit's rules for the subnets (and IPv4 forwarding, which down switched
+    # back off) the same probes do reach the isp
+    lab.sysctl("host", "net.ipv4.conf.ctr0.forwarding", "1")
+    for family in ("-4", "-6"):
+        lab.ip("host", family, "rule", "del", "priority", "1103")
+    for src in (CONTAINER, CONTAINER6):
+        lab.whoami(src, checks.plain(src).target, "udp", role="ctr", timeout=0.5)
+    assert all(counter[src] > 0 for src in (CONTAINER, CONTAINER6)), f"control failed: {counter.counts()}"
 
 
 @pytest.mark.parametrize("vpn", ["openvpn", "wireguard"])

@@ -1,6 +1,7 @@
 """The `vpnsplit` command: re-apply or remove a tunnel by hand, and see what the kernel holds."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -157,6 +158,9 @@ def _current_lease(kernel, statedir, tunnel):
     if recorded:
         log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
                     " ".join(map(str, live.locals)), " ".join(map(str, recorded.locals)))
+        # the device cannot show the VPN server (OpenVPN's trusted_ip): losing it would drop
+        # the default VPN's server exception and loop the client's packets into its tunnel
+        live = dataclasses.replace(live, servers=recorded.servers)
     return wgpeers.with_endpoints(kernel.nl, live)
 
 
@@ -237,6 +241,8 @@ def _describe(r):
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     lines += [f"  rp_filter on {dev}: {rpf.get(v, v)}" + (f", forwarding {'on' if r['forwarding'].get(dev) else 'off'}" if dev in r["forwarding"] else "")
               for dev, v in r["rp_filter"].items()]
+    if r["forwarding6"] is not None:
+        lines.append(f"  IPv6 forwarding (net.ipv6.conf.all.forwarding): {'on' if r['forwarding6'] else 'off: IPv6 sources are not forwarded; set it to 1'}")
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
     return "\n".join(lines)

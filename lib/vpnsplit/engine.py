@@ -313,6 +313,13 @@ def source_devices(kernel, tunnel):
     return sorted({dev for dev in found if dev and dev != tunnel.device})
 
 
+def ipv6_forwarding(tunnel):
+    """net.ipv6.conf.all.forwarding (the admin's) where *tunnel* has IPv6 sources, else None."""
+    from vpnsplit import sysctl
+
+    return sysctl.forwarding("all", sysctl.ROOT6) if any(n.version == 6 for n in tunnel.sources) else None
+
+
 def _forwarding(kernel, recorded, tunnel, lease):
     """Steps for the IPv4 forwarding the source subnets need, and the devices switched on after them.
 
@@ -321,6 +328,9 @@ def _forwarding(kernel, recorded, tunnel, lease):
     from vpnsplit import sysctl
 
     recorded = set(recorded.get("forwarding") or [])
+    if lease is not None and lease.local6 is not None and ipv6_forwarding(tunnel) is False:
+        log.warning("tunnel %s: IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1 "
+                    "(vpnsplit switches only IPv4 forwarding, per device)", tunnel.name)
     need = set()
     if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
         need = {tunnel.device, *source_devices(kernel, tunnel)}
@@ -417,6 +427,7 @@ def status(kernel, statedir, tunnel):
         # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
         "rp_filter": {dev: sysctl.rp_filter(dev) for dev in devices},
         "forwarding": {dev: sysctl.forwarding(dev) for dev in devices} if tunnel.sources else {},
+        "forwarding6": ipv6_forwarding(tunnel),
         "stale": stale,
         "in_sync": not problems,
         "problems": problems,

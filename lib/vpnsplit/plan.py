@@ -243,13 +243,20 @@ def plan_default(tunnel, lease, uplink, servers):
     uplink addresses keep answering through the uplink (seed 000's normal-table), the VPN's
     own packets to its *servers* never loop into the tunnel, and everything else goes into
     the tunnel's table — whose strict unreachable default makes this a kill switch.
+
+    The uplink rule exists for IPv6 only while the tunnel carries IPv6: for an unbound socket
+    IPv6 picks the source after the lookup, and when the lookup failed (the unreachable
+    default) it looks up again with that source — the uplink address, which the rule would
+    send out in the clear.
     """
-    families = {4, 6} if tunnel.strict else {a.version for a in (lease.locals if lease else [])}
+    carried = {a.version for a in (lease.locals if lease else [])}
+    families = {4, 6} if tunnel.strict else carried
     rules = set()
     for fam in families:
         every = DEFAULT_DST[fam]
         rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
-        rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, _host(a)) for a in uplink if a.version == fam)
+        if fam == 4 or fam in carried:
+            rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, _host(a)) for a in uplink if a.version == fam)
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, _host(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
     return State(rules=frozenset(rules))

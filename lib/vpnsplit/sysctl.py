@@ -3,21 +3,25 @@
 Forwarding from source subnets needs it on the device they arrive on and on the tunnel
 (for the replies). vpnsplit switches it on only there, and only where it was off, and
 records which devices it switched so that down switches exactly those back.
+
+IPv6 forwarding is only read: it is net.ipv6.conf.all.forwarding, host-wide (it also stops
+the host accepting router advertisements unless accept_ra = 2), so it is the admin's to set.
 """
 
 import os
 
 ROOT = "/proc/sys/net/ipv4/conf"
+ROOT6 = "/proc/sys/net/ipv6/conf"
 
 
-def _path(device, key):
-    return os.path.join(ROOT, device, key)
+def _path(device, key, root=ROOT):
+    return os.path.join(root, device, key)
 
 
-def forwarding(device):
-    """True/False for *device*'s IPv4 forwarding; None if the device does not exist."""
+def forwarding(device, root=ROOT):
+    """True/False for *device*'s IPv4 (root=ROOT6: IPv6) forwarding; None if the device does not exist."""
     try:
-        with open(_path(device, "forwarding")) as f:
+        with open(_path(device, "forwarding", root)) as f:
             return f.read().strip() == "1"
     except FileNotFoundError:
         return None

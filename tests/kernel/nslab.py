@@ -169,14 +169,15 @@ class NetnsLab:
                     body.pop("handle", None)
         return {"rules": sorted(rules, key=repr), "routes": sorted(routes, key=repr), "addresses": sorted(addrs, key=repr), "nft": nft[1:]}
 
-    def rules(self, table=None):
-        """`(priority, src, table, proto)` for every non-kernel rule."""
+    def rules(self, table=None, family=None):
+        """`(priority, src, table, proto)` for every non-kernel rule (of one *family*, 4 or 6, if given)."""
         out = []
+        af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family)
         for r in self.dump()["rules"]:
             if r.get("FRA_TABLE") in (253, 254, 255) and r.get("FRA_PRIORITY") in (None, 32766, 32767):
                 continue
             src = f"{r['FRA_SRC']}/{r['src_len']}" if r.get("FRA_SRC") else "all"
-            if table is None or r.get("FRA_TABLE") == table:
+            if (table is None or r.get("FRA_TABLE") == table) and af in (None, r["family"]):
                 out.append((r.get("FRA_PRIORITY"), src, r.get("FRA_TABLE"), r.get("FRA_PROTOCOL")))
         return sorted(out)
 

@@ -1,14 +1,19 @@
 """Issue 6, parts 1, 2 and 4: source subnets leave through the tunnel SNAT-ed, fail closed,
 reach the LAN only where configured; port forwards reach a service bound to the alias.
+Every scenario runs for IPv4 and IPv6 in the same dual-stack world (the `fam` fixture).
 
-    ctr (10.20.1.5) --ctr0-- host --vpn0 (10.8.0.2, the "tunnel")-- far (10.8.0.1, 192.0.2.80)
-                              |
-                              +--eth0 (198.51.100.10)-- isp (198.51.100.1, 192.0.2.80 as well)
+    ctr (10.20.1.5, fd20:1::5) --ctr0-- host --vpn0 (10.8.0.2, fd08::2: the "tunnel")-- far (10.8.0.1, fd08::1)
+                                         |
+                                         +--eth0 (198.51.100.10, 2001:db8:51::10)-- isp (198.51.100.1, 2001:db8:51::1)
 
-The "tunnel" is a veth (an Ethernet device, so a tap-style tunnel with a gateway); 192.0.2.80
-exists on both sides, so only the source address the far end sees, and the counter on the isp
-side, tell which way a packet went. The host runs with the strict reverse-path filter.
+The "tunnel" is a veth (an Ethernet device, so a tap-style tunnel with a gateway); the internet
+host (192.0.2.80, 2001:db8:2::80) exists on both far and isp, so only the source address the far
+end sees, and the counter on the isp side, tell which way a packet went. The host runs with the
+strict reverse-path filter (IPv4 only: IPv6 has none).
 """
+
+import json
+import types
 
 import pytest
 
@@ -20,20 +25,46 @@ CONFIG = """
 device   = "vpn0"
 id       = 3
 alias    = "10.192.8.1"
+alias6   = "fd10:192:8::1"
 alias_device = "lo"
 gateway  = "10.8.0.1"
-sources  = ["10.20.1.0/24"]
-lan      = ["198.51.100.0/24"]
+gateway6 = "fd08::1"
+sources  = ["10.20.1.0/24", "fd20:1::/64"]
+lan      = ["198.51.100.0/24", "2001:db8:51::/64"]
 forward  = ["tcp/8080", "udp/5353"]
 """
 TABLE, PRIO = 10003, 10012  # derived from id = 3
 
+# One family's addresses in the world above: a test body written against these runs for both.
+FAMILIES = {
+    4: types.SimpleNamespace(fam=4, internet="192.0.2.80", tunnel="10.8.0.2", far="10.8.0.1", uplink="198.51.100.10",
+                             isp="198.51.100.1", ctr="10.20.1.5", sources="10.20.1.0/24", alias="10.192.8.1",
+                             lan="198.51.100.0/24", server="203.0.113.2", any="all", host_len=32),
+    6: types.SimpleNamespace(fam=6, internet="2001:db8:2::80", tunnel="fd08::2", far="fd08::1", uplink="2001:db8:51::10",
+                             isp="2001:db8:51::1", ctr="fd20:1::5", sources="fd20:1::/64", alias="fd10:192:8::1",
+                             lan="2001:db8:51::/64", server="2001:db8:113::2", any="all", host_len=128),
+}
 
-def veth(a, a_if, a_addr, b, b_if, b_addr):
+
+def veth(a, a_if, a_addrs, b, b_if, b_addrs):
     a.ip("link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)
-    for ns, dev, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
-        ns.ip("addr", "add", addr, "dev", dev)
+    for ns, dev, addrs in ((a, a_if, a_addrs), (b, b_if, b_addrs)):
+        # no duplicate address detection: every IPv6 address, the link-local one too (neighbour
+        # discovery needs it), is usable at once, so a datagram is on the wire when send returns
+        ns.exec("sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0", check=True)
+        for addr in addrs:
+            ns.ip("addr", "add", addr, "dev", dev)
         ns.ip("link", "set", dev, "up")
+
+
+@pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+def fam(request):
+    return FAMILIES[request.param]
+
+
+def set_ipv6_forwarding(ns, on):
+    """The admin's part for IPv6 sources (Linux has no per-device IPv6 forwarding switch before 6.17)."""
+    ns.exec("sysctl", "-qw", f"net.ipv6.conf.all.forwarding={int(on)}", check=True)
 
 
 @pytest.fixture
@@ -41,17 +72,23 @@ def world(ns, tmp_path):
     others = {name: NetnsLab(tmp_path / name) for name in ("ctr", "far", "isp")}
     try:
         ctr, far, isp = others["ctr"], others["far"], others["isp"]
-        veth(ns, "ctr0", "10.20.1.1/24", ctr, "eth0", "10.20.1.5/24")
-        veth(ns, "vpn0", "10.8.0.2/24", far, "eth0", "10.8.0.1/24")
-        veth(ns, "eth0", "198.51.100.10/24", isp, "eth0", "198.51.100.1/24")
+        veth(ns, "ctr0", ["10.20.1.1/24", "fd20:1::1/64"], ctr, "eth0", ["10.20.1.5/24", "fd20:1::5/64"])
+        veth(ns, "vpn0", ["10.8.0.2/24", "fd08::2/64"], far, "eth0", ["10.8.0.1/24", "fd08::1/64"])
+        veth(ns, "eth0", ["198.51.100.10/24", "2001:db8:51::10/64"], isp, "eth0", ["198.51.100.1/24", "2001:db8:51::1/64"])
         ctr.ip("route", "add", "default", "via", "10.20.1.1")
+        ctr.ip("-6", "route", "add", "default", "via", "fd20:1::1")
         ns.ip("route", "add", "default", "via", "198.51.100.1")
+        ns.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
         for side in (far, isp):
             side.ip("addr", "add", "192.0.2.80/32", "dev", "lo")
+            side.ip("addr", "add", "2001:db8:2::80/128", "dev", "lo")
         isp.ip("route", "add", "10.20.1.0/24", "via", "198.51.100.10")
+        isp.ip("-6", "route", "add", "fd20:1::/64", "via", "2001:db8:51::10")
         ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
+        set_ipv6_forwarding(ns, True)  # what README asks of the admin for IPv6 sources
         isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
-                " ip saddr 10.20.1.0/24 ip daddr 192.0.2.80 counter\n }\n}\n")
+                " ip saddr { 10.20.1.0/24, 10.192.8.1 } ip daddr 192.0.2.80 counter\n"
+                " ip6 saddr { fd20:1::/64, fd10:192:8::1 } ip6 daddr 2001:db8:2::80 counter\n }\n}\n")
         ns.write_config(CONFIG)
         yield ns, ctr, far, isp
     finally:
@@ -60,18 +97,17 @@ def world(ns, tmp_path):
 
 
 def leaked(isp):
-    """Packets from the source subnet to the internet host that reached the isp in the clear."""
-    import json
-
+    """Packets from the source subnets or the alias to the internet host that reached the isp in the clear."""
     rules = json.loads(isp.exec("nft", "-j", "list", "chain", "inet", "count", "c", check=True).stdout)["nftables"]
-    return next(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+    return sum(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
 
 
-def received(listener_ns, address, port, sender, proto="udp", to=None):
-    """(what the sender got, what a listener on *address* saw) for one datagram or connection to *to* (default: *address*)."""
+def received(listener_ns, address, port, sender, proto="udp", to=None, source=None):
+    """(what the sender got, what a listener on *address* saw) for one datagram or connection to *to*
+    (default: *address*), from a socket bound to *source* if given."""
     listener = listener_ns.listen(address, port, proto)
     try:
-        sent = sender.send(to or address, port, proto)
+        sent = sender.send(to or address, port, proto, source=source)
         return sent, listener.communicate(timeout=10)[0].strip()
     finally:
         listener.kill()
@@ -81,80 +117,100 @@ def forwarding(ns, dev):
     return ns.exec("cat", f"/proc/sys/net/ipv4/conf/{dev}/forwarding", check=True).stdout.strip()
 
 
-def test_sources_leave_through_the_tunnel_snated_and_fail_closed(world):
+def test_alias_leaves_through_the_tunnel_and_fails_closed(world, fam):
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    for proto in ("udp", "tcp"):
+        assert received(far, fam.internet, 5003, ns, proto, source=fam.alias) == ("sent", f"{fam.tunnel} hello"), proto
+    # tunnel down (strict): the alias stays on lo for its services, but nothing from it leaves
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert fam.alias in ns.addresses("lo")
+    assert ns.send(fam.internet, 5003, source=fam.alias) in ("EHOSTUNREACH", "ENETUNREACH")
+    assert leaked(isp) == 0
+    # control: without vpnsplit's alias rule the same datagram does leave by the isp
+    ns.ip(f"-{fam.fam}", "rule", "del", "priority", str(PRIO + 1))
+    ns.send(fam.internet, 5003, source=fam.alias)
+    assert leaked(isp) >= 1
+
+
+def test_sources_leave_through_the_tunnel_snated_and_fail_closed(world, fam):
     ns, ctr, far, isp = world
     assert forwarding(ns, "ctr0") == "0"
+    if fam.fam == 6:
+        set_ipv6_forwarding(ns, False)  # to see that vpnsplit says what the admin must set
     up = ns.vpnsplit("up", "vpn")
     assert up.returncode == 0, up.stderr
-    assert (PRIO + 3, "10.20.1.0/24", TABLE, PROTO) in ns.rules(TABLE)
+    assert (PRIO + 3, fam.sources, TABLE, PROTO) in ns.rules(TABLE, fam.fam)
+    # IPv4: switched on where needed; IPv6: the admin's all.forwarding, named when it is off
     assert forwarding(ns, "ctr0") == "1" and forwarding(ns, "vpn0") == "1"
+    if fam.fam == 6:
+        assert "set net.ipv6.conf.all.forwarding = 1" in up.stderr
+        assert "IPv6 forwarding (net.ipv6.conf.all.forwarding): off" in ns.vpnsplit("status").stdout
+        set_ipv6_forwarding(ns, True)
     # a container's datagram arrives at the far end as the tunnel address, never at the isp
-    assert received(far, "192.0.2.80", 5000, ctr) == ("sent", "10.8.0.2 hello")
+    assert received(far, fam.internet, 5000, ctr) == ("sent", f"{fam.tunnel} hello")
     assert leaked(isp) == 0
     # ... and the LAN exception goes through the main table, un-NATed
-    assert received(isp, "198.51.100.1", 5001, ctr) == ("sent", "10.20.1.5 hello")
-    status = ns.vpnsplit("status", "--json")
-    import json
-
-    report = json.loads(status.stdout)["tunnels"][0]
+    assert received(isp, fam.isp, 5001, ctr) == ("sent", f"{fam.ctr} hello")
+    report = json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"][0]
     assert report["rp_filter"] == {"vpn0": 1, "ctr0": 1} and report["forwarding"] == {"vpn0": True, "ctr0": True}
+    assert report["forwarding6"] is True
     # tunnel down (strict): the container's traffic fails closed, nothing reaches the isp
     assert ns.vpnsplit("down", "vpn").returncode == 0
     assert forwarding(ns, "ctr0") == "0" and forwarding(ns, "vpn0") == "0"
     ns.exec("sysctl", "-qw", "net.ipv4.conf.ctr0.forwarding=1", check=True)  # even with forwarding forced back on
     for _ in range(3):
-        ctr.send("192.0.2.80", 5000)
+        ctr.send(fam.internet, 5000)
     assert leaked(isp) == 0
-    assert (PRIO + 3, "10.20.1.0/24", TABLE, PROTO) in ns.rules(TABLE)
+    assert (PRIO + 3, fam.sources, TABLE, PROTO) in ns.rules(TABLE, fam.fam)
     # control: without vpnsplit's rules the same datagrams do leave by the isp
-    ns.ip("rule", "del", "priority", str(PRIO + 3))
-    ctr.send("192.0.2.80", 5000)
+    ns.ip(f"-{fam.fam}", "rule", "del", "priority", str(PRIO + 3))
+    ctr.send(fam.internet, 5000)
     assert leaked(isp) >= 1
 
 
-def test_sources_reach_the_lan_only_if_the_config_says_so(world):
+def test_sources_reach_the_lan_only_if_the_config_says_so(world, fam):
     ns, ctr, far, isp = world
-    ns.write_config(CONFIG.replace('lan      = ["198.51.100.0/24"]\n', ""))
+    ns.write_config(CONFIG.replace('lan      = ["198.51.100.0/24", "2001:db8:51::/64"]\n', ""))
     assert ns.vpnsplit("up", "vpn").returncode == 0
     # without `lan`, the LAN is just another destination: into the tunnel, never onto the LAN
-    assert received(isp, "198.51.100.1", 5001, ctr)[1] == "nothing"
-    assert "via 10.8.0.1 dev vpn0" in ns.ip("route", "get", "198.51.100.1", "from", "10.20.1.5", "iif", "ctr0")
+    assert received(isp, fam.isp, 5001, ctr)[1] == "nothing"
+    assert f"via {fam.far} dev vpn0" in ns.ip(f"-{fam.fam}", "route", "get", fam.isp, "from", fam.ctr, "iif", "ctr0")
 
 
-def test_port_forwards_reach_a_service_bound_to_the_alias(world):
+def test_port_forwards_reach_a_service_bound_to_the_alias(world, fam):
     ns, ctr, far, isp = world
     assert ns.vpnsplit("up", "vpn").returncode == 0
+    # far knows only the tunnel: a TCP handshake completes only if the reply comes back through it
     for proto, port in (("tcp", 8080), ("udp", 5353)):
-        sent, seen = received(ns, "10.192.8.1", port, far, proto, to="10.8.0.2")
-        assert (sent, seen) == ("sent", "10.8.0.1 hello"), proto
+        sent, seen = received(ns, fam.alias, port, far, proto, to=fam.tunnel)
+        assert (sent, seen) == ("sent", f"{fam.far} hello"), proto
     # a port not forwarded does not reach it
-    assert received(ns, "10.192.8.1", 9090, far, "tcp", to="10.8.0.2")[1] == "nothing"
+    assert received(ns, fam.alias, 9090, far, "tcp", to=fam.tunnel)[1] == "nothing"
 
 
 def explain(ns, *args):
-    import json
-
     proc = ns.vpnsplit("explain", *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def test_explain_answers_from_the_kernel(world):
+def test_explain_answers_from_the_kernel(world, fam):
     ns, ctr, far, isp = world
     assert ns.vpnsplit("up", "vpn").returncode == 0
-    alias = explain(ns, "10.192.8.1")
-    assert (alias["rule"]["priority"], alias["tunnel"], alias["device"], alias["gateway"], alias["nat"]) == (PRIO + 1, "vpn", "vpn0", "10.8.0.1", "10.8.0.2")
-    container = explain(ns, "10.20.1.5", "192.0.2.80")
+    alias = explain(ns, fam.alias)
+    assert (alias["rule"]["priority"], alias["tunnel"], alias["device"], alias["gateway"], alias["nat"]) == (PRIO + 1, "vpn", "vpn0", fam.far, fam.tunnel)
+    container = explain(ns, fam.ctr, fam.internet)
     assert container["origin"] == "forwarded in via ctr0"
-    assert (container["rule"]["priority"], container["device"], container["nat"]) == (PRIO + 3, "vpn0", "10.8.0.2")
-    lan = explain(ns, "10.20.1.5", "198.51.100.1")
+    assert (container["rule"]["priority"], container["device"], container["nat"]) == (PRIO + 3, "vpn0", fam.tunnel)
+    lan = explain(ns, fam.ctr, fam.isp)
     assert (lan["rule"]["priority"], lan["table"], lan["device"], lan["nat"]) == (PRIO + 2, 254, "eth0", None)
-    host = explain(ns, "198.51.100.10")
+    host = explain(ns, fam.uplink)
     assert (host["rule"]["table"], host["device"], host["nat"]) == (254, "eth0", None)
     assert ns.vpnsplit("down", "vpn").returncode == 0
-    down = explain(ns, "10.192.8.1")
+    down = explain(ns, fam.alias)
     assert (down["verdict"], down["strict_drop"], down["tunnel"]) == ("unreachable", True, "vpn")
-    human = ns.vpnsplit("explain", "10.192.8.1").stdout
+    human = ns.vpnsplit("explain", fam.alias).stdout
     assert "strict: tunnel vpn is down" in human
     bad = ns.vpnsplit("explain", "10.192.8")
     assert bad.returncode == 2 and "'10.192.8' is not an IP address" in bad.stderr

@@ -8,9 +8,28 @@ way?"), with the answer vpnsplit promises. Tests assert them all; the demo print
 import dataclasses
 import time
 
-from .netns import HOST_ADDR, LAN_NEIGHBOUR, TARGET
+from .netns import HOST_ADDR, HOST_ADDR6, ISP_LAN, ISP_LAN6, LAN_NEIGHBOUR, LAN_NEIGHBOUR6, TARGET, TARGET6
 
 PROTOS = ("tcp", "udp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plain:
+    """One family's addresses of the host's own, untunnelled world."""
+
+    host: str  # the host's LAN address
+    neighbour: str  # the LAN neighbour
+    target: str  # the internet host behind the VPN server
+    unbound: str  # what an unbound socket binds to
+    gateway: str  # the isp router: the host's default route
+
+
+PLAIN = {4: Plain(HOST_ADDR, LAN_NEIGHBOUR, TARGET, "0.0.0.0", ISP_LAN), 6: Plain(HOST_ADDR6, LAN_NEIGHBOUR6, TARGET6, "::", ISP_LAN6)}
+
+
+def plain(address):
+    """The Plain addresses of *address*'s family."""
+    return PLAIN[6 if ":" in address else 4]
 
 
 @dataclasses.dataclass
@@ -32,26 +51,29 @@ class Check:
 
 def start_listeners(lab):
     """Listeners on the internet host behind the VPN server and on the LAN neighbour."""
-    lab.listen("vpn", [TARGET])
-    lab.listen("lan", [LAN_NEIGHBOUR])
+    lab.listen("vpn", [p.target for p in PLAIN.values()])
+    lab.listen("lan", [p.neighbour for p in PLAIN.values()])
 
 
-def seen_from(lab, src, expected, dst=TARGET, protos=PROTOS, label=None):
-    """One Check per protocol: connecting from *src* to *dst*, the far end should see *expected*."""
-    where = "internet host" if dst == TARGET else "LAN neighbour"
+def seen_from(lab, src, expected, dst=None, protos=PROTOS, label=None, role="host"):
+    """One Check per protocol: connecting from *src* in *role* to *dst* (default: the internet
+    host of *src*'s family), the far end should see *expected*."""
+    dst = dst or plain(src).target
+    where = "internet host" if dst == plain(src).target else "LAN neighbour"
     return [Check(f"{proto.upper()} from {label or src} -> {where} {dst} sees", expected,
-                  lab.whoami(src, dst, proto)) for proto in protos]
+                  lab.whoami(src, dst, proto, role=role)) for proto in protos]
 
 
 def tunnel_checks(lab, alias, tunnel_addr, protos=PROTOS):
     """The split: alias and tunnel address go through the tunnel (NATed to the tunnel
     address), everything else keeps the host's own path, and the isp sees none of the former.
     """
-    counter = lab.isp_counter([alias, tunnel_addr, HOST_ADDR])
+    host = plain(alias).host
+    counter = lab.isp_counter([alias, tunnel_addr, host])
     checks = [
         *seen_from(lab, alias, tunnel_addr, protos=protos, label=f"alias {alias}"),
         *seen_from(lab, tunnel_addr, tunnel_addr, protos=protos, label=f"tunnel address {tunnel_addr}"),
-        *lan_checks(lab, protos),
+        *lan_checks(lab, protos, host),
     ]
     counts = counter.counts()
     counter.remove()
@@ -59,40 +81,43 @@ def tunnel_checks(lab, alias, tunnel_addr, protos=PROTOS):
         Check(f"packets from {alias} on the isp link (plain path)", "0", str(counts[alias])),
         Check(f"packets from {tunnel_addr} on the isp link (plain path)", "0", str(counts[tunnel_addr])),
         # The control: the same counter does see what takes the plain path.
-        Check(f"packets from LAN address {HOST_ADDR} on the isp link counted", "yes",
-              "yes" if counts[HOST_ADDR] > 0 else "no"),
+        Check(f"packets from LAN address {host} on the isp link counted", "yes",
+              "yes" if counts[host] > 0 else "no"),
     ]
     return checks
 
 
-def lan_checks(lab, protos=PROTOS):
-    """Traffic vpnsplit must not touch: the host's own address, to the internet and the LAN."""
+def lan_checks(lab, protos=PROTOS, host=HOST_ADDR):
+    """Traffic vpnsplit must not touch: the host's own address (*host* says the family), to the
+    internet and the LAN."""
+    p = plain(host)
     return [
-        *seen_from(lab, HOST_ADDR, HOST_ADDR, protos=protos, label=f"LAN address {HOST_ADDR}"),
-        *seen_from(lab, "0.0.0.0", HOST_ADDR, protos=protos, label="an unbound socket"),
-        *seen_from(lab, HOST_ADDR, HOST_ADDR, dst=LAN_NEIGHBOUR, protos=protos, label=f"LAN address {HOST_ADDR}"),
-        Check("host default route", "default via 198.51.100.1 dev eth0", lab.default_route()),
+        *seen_from(lab, p.host, p.host, protos=protos, label=f"LAN address {p.host}"),
+        *seen_from(lab, p.unbound, p.host, protos=protos, label="an unbound socket"),
+        *seen_from(lab, p.host, p.host, dst=p.neighbour, protos=protos, label=f"LAN address {p.host}"),
+        Check("host default route", f"default via {p.gateway} dev eth0", lab.default_route(like=p.gateway)),
     ]
 
 
 def fail_closed_checks(lab, alias, protos=PROTOS):
     """Tunnel down, strict: sending from the alias fails at once and nothing leaves via the isp."""
-    counter = lab.isp_counter([alias, HOST_ADDR])
+    host = plain(alias).host
+    counter = lab.isp_counter([alias, host])
     checks = []
     for proto in protos:
         start = time.monotonic()
-        seen = lab.whoami(alias, proto=proto)
+        seen = lab.whoami(alias, plain(alias).target, proto=proto)
         took = time.monotonic() - start
         # A probe interpreter starts in ~50 ms; a timeout would take probe.TIMEOUT (3 s).
         checks.append(Check(f"{proto.upper()} from alias {alias} with the tunnel down", "an error at once (< 1.5 s)",
                             f"{seen} after {took:.2f} s", passed=seen.startswith("error") and took < 1.5))
-    checks += seen_from(lab, HOST_ADDR, HOST_ADDR, protos=protos[:1], label=f"LAN address {HOST_ADDR}")
+    checks += seen_from(lab, host, host, protos=protos[:1], label=f"LAN address {host}")
     counts = counter.counts()
     counter.remove()
     checks += [
         Check(f"packets from {alias} on the isp link", "0", str(counts[alias])),
-        Check(f"packets from LAN address {HOST_ADDR} on the isp link counted", "yes",
-              "yes" if counts[HOST_ADDR] > 0 else "no"),
+        Check(f"packets from LAN address {host} on the isp link counted", "yes",
+              "yes" if counts[host] > 0 else "no"),
     ]
     return checks
 

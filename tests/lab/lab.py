@@ -171,12 +171,14 @@ class Lab(Network):
     def nft_ruleset(self, role="host"):
         return self.run(role, ["nft", "list", "ruleset"]).stdout
 
-    def default_route(self, role="host"):
-        return self.ip(role, "route", "show", "default").strip()
+    def default_route(self, role="host", like="0.0.0.0"):
+        """The default routes of *like*'s family, without IPv6's "metric 1024 pref medium"."""
+        out = self.ip(role, "-6" if ":" in like else "-4", "route", "show", "default")
+        return "\n".join(line.split(" metric ")[0] for line in out.strip().splitlines())
 
-    def address_of(self, device, role="host"):
-        """The first IPv4 address on *device* (the tunnel's dynamic address), or None."""
-        out = self.run(role, ["ip", "-j", "-4", "addr", "show", "dev", device], check=False).stdout
+    def address_of(self, device, role="host", family="-4"):
+        """The first global address of *family* on *device* (the tunnel's dynamic address), or None."""
+        out = self.run(role, ["ip", "-j", family, "addr", "show", "dev", device, "scope", "global"], check=False).stdout
         for link in json.loads(out or "[]"):
             for a in link.get("addr_info", []):
                 return a["local"]
@@ -210,7 +212,7 @@ class IspCounter:
     def __init__(self, lab, sources, port=PROBE_PORT):
         self.lab, self.sources = lab, list(sources)
         rules = "".join(
-            f'    iifname "{ISP_LINK}" ip saddr {src} meta l4proto {{ tcp, udp }} th dport {port} counter comment "{src}"\n'
+            f'    iifname "{ISP_LINK}" {"ip6" if ":" in src else "ip"} saddr {src} meta l4proto {{ tcp, udp }} th dport {port} counter comment "{src}"\n'
             for src in self.sources)
         rules += f'    iifname "{ISP_LINK}" meta l4proto {{ tcp, udp }} th dport {port} counter comment "any"\n'
         spec = (f"table inet {self.TABLE} {{\n  chain seen {{\n    type filter hook prerouting priority -300; policy accept;\n"

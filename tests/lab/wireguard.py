@@ -13,7 +13,7 @@ import re
 from .netns import SERVER, run
 
 PORT = 51820
-SERVER_ADDR = "10.9.0.1"
+SERVER_ADDR, SERVER_ADDR6 = "10.9.0.1", "fd09::1"
 ENV = {"WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"}
 
 
@@ -44,7 +44,7 @@ def client_config(example_path, hooks_dir, private_key, server_public_key, endpo
 def server_config(private_key, client_public_key, client_addresses):
     return (
         "[Interface]\n"
-        f"PrivateKey = {private_key}\nListenPort = {PORT}\nAddress = {SERVER_ADDR}/24\n\n"
+        f"PrivateKey = {private_key}\nListenPort = {PORT}\nAddress = {SERVER_ADDR}/24, {SERVER_ADDR6}/64\n\n"
         "[Peer]\n"
         f"PublicKey = {client_public_key}\nAllowedIPs = {', '.join(client_addresses)}\n"
     )

@@ -55,3 +55,13 @@ def test_config_must_not_be_writable_by_others(tmp_path):
     path.chmod(0o666)
     with pytest.raises(InputError, match="not group/world-writable"):
         config.load(str(path), check_owner=True)
+
+
+def test_example_config_commented_section_is_valid():
+    """The keys the example shows in comments (IPv6 ones included) parse once uncommented."""
+    import tomllib
+
+    text = EXAMPLE.read_text()
+    block = text[text.index("# [tunnel.containers]"):]
+    t = config.parse(tomllib.loads("\n".join(line[2:] for line in block.splitlines()))).tunnels["containers"]
+    assert {n.version for n in (*t.sources, *t.lan)} == {4, 6} and t.alias6 and t.gateway6

@@ -70,3 +70,16 @@ def test_diff_of_restart_swaps_only_what_changed():
     assert d.add.rules == {plan.Rule(4, 1000, 100, "10.8.0.7/32")} and d.remove.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32")}
     assert d.add.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7"), plan.Guard(4, "10.8.0.7", "tun0")} and not d.add.routes and not d.remove.routes
     assert not plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease()))
+
+
+def test_default_vpn_has_the_ipv6_uplink_rule_only_while_the_tunnel_carries_ipv6():
+    """IPv6 retries a failed lookup of an unbound socket with the chosen (uplink) source:
+    'from <uplink6> lookup main' beside the strict unreachable would let that out in the clear."""
+    uplink = [ipaddress.ip_address("198.51.100.10"), ipaddress.ip_address("2001:db8:51::10")]
+
+    def uplink_rules(lease_):
+        return {r.family for r in plan.plan_default(tunnel(), lease_, uplink, []).rules if r.priority == plan.DEFAULT_PRIORITY + 1}
+
+    assert uplink_rules(lease(v6="fd08::2/64")) == {4, 6}
+    assert uplink_rules(lease()) == {4}
+    assert uplink_rules(None) == {4}
