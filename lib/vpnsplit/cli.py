@@ -122,9 +122,11 @@ def _current_lease(kernel, statedir, tunnel):
     if kernel.nl.link_index(tunnel.device) is None:
         raise InputError(f"vpnsplit up {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
     recorded = statedir.load_quiet(tunnel.name)
-    live = kernel.lease_from_device(tunnel)
-    if recorded and [a.ip for a in recorded.locals] == [a.ip for a in live.locals]:
+    # the addresses alone first: the device's type (one more request) only matters for a new lease
+    carried = [a.ip for a in kernel.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+    if recorded and [a.ip for a in recorded.locals] == carried:
         return recorded
+    live = kernel.lease_from_device(tunnel)
     if recorded:
         log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
                     " ".join(map(str, live.locals)), " ".join(map(str, recorded.locals)))

@@ -267,10 +267,7 @@ def _refuse_overlaps(kernel, tunnel, lease):
     in the main table: the LAN) would answer ARP there for a LAN host's address and hide
     that host; an alias inside the tunnel's own subnet may be another VPN client's address.
     """
-    import ipaddress
     import socket
-
-    from vpnsplit import nldump
 
     for local in lease.locals:
         for alias in (tunnel.alias, tunnel.alias6):
@@ -280,15 +277,12 @@ def _refuse_overlaps(kernel, tunnel, lease):
                     f"choose an alias outside it"
                 )
         family = socket.AF_INET if local.version == 4 else socket.AF_INET6
-        # nldump: only main's routes cross the socket; a device name is looked up only for a
-        # subnet that holds the address (was: a netlink request per connected route per
-        # tunnel, 10,100 requests and 17 s for `up --all` with 100 tunnels)
-        for dst, dst_len, proto, rtype, oif, gateway, _metric in nldump.routes(family, 254):
+        # main is dumped and parsed once per run for all tunnels; a device name is looked up
+        # only for a subnet that holds the address (was: a netlink request per connected
+        # route per tunnel, 10,100 requests and 17 s for `up --all` with 100 tunnels)
+        for net, proto, rtype, oif, gateway in kernel.nl.main_routes(family):
             # connected (proto kernel), unicast, no gateway, not the default, in main
-            if proto != 2 or rtype != 1 or not dst_len or gateway:
-                continue
-            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
-            if local.ip not in net:
+            if proto != 2 or rtype != 1 or net is None or not net.prefixlen or gateway or local.ip not in net:
                 continue
             device = kernel.nl.link_name(oif) if oif else None
             if device not in (None, tunnel.device):

@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vpnsplit import nldump
 from vpnsplit.errors import InputError
-from vpnsplit.plan import DEFAULT_DST, PROTO, Address, Route, Rule
+from vpnsplit.plan import DEFAULT_DST, MAIN_TABLE, PROTO, Address, Route, Rule
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 RTN = {1: "unicast", 7: "unreachable"}
@@ -29,9 +29,10 @@ IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate 
 class Netlink:
     """One netlink socket for a whole run.
 
-    Device names and indexes are looked up once per run (a hook asks for the same device
-    a dozen times, ~0.5 ms a request); `forget()` drops them, as Kernel.forget() does
-    after a run. A device that vanishes mid-run then fails its step with ENODEV.
+    What a run reads about devices is read once and shared by every tunnel it handles:
+    device names and indexes (one ioctl each), one dump of every address, one dump of the
+    main table per family. `forget()` drops them, as Kernel.forget() does after a run
+    changes the kernel. A device that vanishes mid-run then fails its step with ENODEV.
     """
 
     def __init__(self):
@@ -42,55 +43,77 @@ class Netlink:
         self.ipr.close()
 
     def forget(self):
-        self._indexes, self._names = {}, {}
+        self._indexes, self._names, self._addrs, self._main = {}, {}, None, {}
 
     # -- reading -------------------------------------------------------------------------
 
     def link_index(self, name):
-        """The ifindex of *name*, or None when there is no such device (absence is not cached)."""
+        """The ifindex of *name*, or None when there is no such device (absence is not cached).
+
+        if_nametoindex is one ioctl; pyroute2's link_lookup costs a netlink round trip."""
         if name not in self._indexes:
-            found = self.ipr.link_lookup(ifname=name)
-            if not found:
+            try:
+                index = socket.if_nametoindex(name)
+            except OSError:
                 return None
-            self._indexes[name], self._names[found[0]] = found[0], name
+            self._indexes[name], self._names[index] = index, name
         return self._indexes[name]
+
+    def link_name(self, index):
+        """The name of device *index*, or None when there is none."""
+        if index not in self._names:
+            try:
+                self._names[index] = socket.if_indextoname(index)
+            except OSError:
+                return None
+        return self._names[index]
 
     def is_ethernet(self, name):
         """True for a tap (Ethernet) device, False for tun/wireguard (no link layer)."""
         msgs = self.ipr.get_links(self._index(name))
         return msgs[0]["ifi_type"] == 1  # ARPHRD_ETHER
 
+    def main_routes(self, family):
+        """The main table's routes of *family* (socket.AF_INET/AF_INET6) as (network or None for
+        a default, protocol, type, oif, gateway), dumped and parsed once per run: every
+        tunnel's overlap check reads them."""
+        if family not in self._main:
+            self._main[family] = [
+                (ipaddress.ip_network(f"{dst}/{dst_len}", strict=False) if dst else None, proto, rtype, oif, gateway)
+                for dst, dst_len, proto, rtype, oif, gateway, _metric in nldump.routes(family, MAIN_TABLE)
+            ]
+        return self._main[family]
+
     def connected_device(self, network):
         """The device of the main table's gateway-less route that holds *network*, or None."""
-        fam = AF[network.version]
         best = None
-        for dst, dst_len, _proto, _type, oif, gateway, _metric in nldump.routes(fam, 254):
-            if dst is None or gateway or not oif:
+        for route, _proto, _type, oif, gateway in self.main_routes(AF[network.version]):
+            if route is None or gateway or not oif:
                 continue
-            route = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
             if network.subnet_of(route) and (best is None or route.prefixlen > best[0]):
                 best = (route.prefixlen, oif)
         return self.link_name(best[1]) if best else None
 
+    def _addresses(self, index):
+        """The addresses on device *index* as (family, prefixlen, scope, IFA_LOCAL, IFA_ADDRESS).
+
+        One dump of every address per run: pyroute2's get_addr(index=...) dumps them all on
+        every call and filters in Python (O(addresses) per tunnel, ~20 ms with 100 tunnels)."""
+        if self._addrs is None:
+            self._addrs = {}
+            for msg in self.ipr.get_addr():
+                entry = (msg["family"], msg["prefixlen"], msg["scope"], msg.get_attr("IFA_LOCAL"), msg.get_attr("IFA_ADDRESS"))
+                self._addrs.setdefault(msg["index"], []).append(entry)
+        return self._addrs.get(index, [])
+
     def uplink_addresses(self):
         """The global addresses of the devices holding the main table's default routes."""
         out = set()
-        for fam in (4, 6):
-            for dst, _len, _proto, _type, oif, _gw, _metric in nldump.routes(AF[fam], 254):
-                if dst is None and oif:
-                    out.update(
-                        ipaddress.ip_address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
-                        for a in self.ipr.get_addr(index=oif, family=AF[fam]) if a["scope"] == 0
-                    )
+        for fam in AF.values():
+            for route, _proto, _type, oif, _gw in self.main_routes(fam):
+                if route is None and oif:
+                    out.update(ipaddress.ip_address(local or addr) for f, _, scope, local, addr in self._addresses(oif) if f == fam and scope == 0)
         return sorted(out, key=lambda a: (a.version, a))
-
-    def link_name(self, index):
-        if index not in self._names:
-            msgs = self.ipr.get_links(index)
-            if not msgs:
-                return None
-            self._names[index] = msgs[0].get_attr("IFLA_IFNAME")
-        return self._names[index]
 
     def dump_rules(self):
         """All of vpnsplit's rules as Rule objects; one dump per family.
@@ -125,11 +148,7 @@ class Netlink:
         index = self.link_index(device)
         if index is None:
             return set()
-        present = set()
-        for msg in self.ipr.get_addr(index=index):
-            fam = 4 if msg["family"] == socket.AF_INET else 6
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            present.add(Address(fam, device, addr))
+        present = {Address(4 if f == socket.AF_INET else 6, device, local or addr) for f, _, _, local, addr in self._addresses(index)}
         return {a for a in wanted if a in present}
 
     def device_addresses(self, device, skip=()):
@@ -142,15 +161,15 @@ class Netlink:
         if index is None:
             raise InputError(f"device {device!r} does not exist")
         v4 = v6 = None
-        for msg in self.ipr.get_addr(index=index):
-            if msg["scope"] != 0:  # only global scope: skip link-local and host
+        for fam, prefixlen, scope, local, addr in self._addresses(index):
+            if scope != 0:  # only global scope: skip link-local and host
                 continue
-            if msg["family"] == socket.AF_INET:
-                addr = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}")
-                v4 = v4 or (None if addr.ip in skip else addr)
-            elif msg["family"] == socket.AF_INET6:
-                addr = ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-                v6 = v6 or (None if addr.ip in skip else addr)
+            if fam == socket.AF_INET:
+                iface = ipaddress.IPv4Interface(f"{local}/{prefixlen}")
+                v4 = v4 or (None if iface.ip in skip else iface)
+            elif fam == socket.AF_INET6:
+                iface = ipaddress.IPv6Interface(f"{addr}/{prefixlen}")
+                v6 = v6 or (None if iface.ip in skip else iface)
         return v4, v6
 
     # -- changing --------------------------------------------------------------------------
