@@ -105,7 +105,8 @@ def cmd_up(args, cfg):
     down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
     the first connect."""
     tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit up")]
-    with runner.session() as (kernel, statedir):
+    # every tunnel with a recorded lease: probably a re-apply with everything in place
+    with runner.session(changes_expected=lambda statedir: any(statedir.load_quiet(t.name) is None for t in tunnels)) as (kernel, statedir):
         targets = []
         for tunnel in tunnels:
             absent = args.all and kernel.nl.link_index(tunnel.device) is None

@@ -29,7 +29,7 @@ class Step:
 
 
 class Kernel:
-    """The two backends of one run: a netlink socket and, on first use, libnftables.
+    """The two backends of one run: pyroute2's netlink socket and libnftables, each opened on first use.
 
     Observation is one rule dump and one nft listing per run, shared by every tunnel the
     run handles (dumps are cached until `forget()`, which run_steps calls after changing
@@ -150,6 +150,8 @@ def run_steps(steps):
     VPNSPLIT_TEST_KILL_AFTER=N makes the process SIGKILL itself after its N-th step: the
     crash-consistency tests use it to stop a run at every step in turn.
     """
+    if not steps:
+        return []  # in place: nothing to do, and no need to load pyroute2 for its errors
     from pyroute2.netlink.exceptions import NetlinkError
 
     from vpnsplit.nat import NftError
@@ -346,13 +348,12 @@ def _moved(kernel, tunnel, lease):
     at all (ifconfig-noexec, or going away) is not counted."""
     if lease is None or kernel.nl.link_index(tunnel.device) is None:
         return []
-    try:
-        live = kernel.lease_from_device(tunnel)
-    except InputError:
+    live = [a for a in kernel.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+    if not live:
         return []
     wanted = {plan.Address(a.version, tunnel.device, str(a.ip)) for a in lease.locals}
     gone = sorted(wanted - kernel.nl.addresses(tunnel.device, wanted))
-    now = " ".join(str(a.ip) for a in live.locals)
+    now = " ".join(str(a.ip) for a in live)
     return [f"device {tunnel.device} carries {now}, not the recorded {a.address}: address changed underneath" for a in gone]
 
 
