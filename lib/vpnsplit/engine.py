@@ -308,13 +308,15 @@ def _forwarding(kernel, recorded, tunnel, lease):
 
     Forwarding goes on where the sources arrive and on the tunnel (for replies), only where
     it is off; down (lease None) switches back exactly the devices recorded as switched on."""
-    from vpnsplit import sysctl
-
     recorded = set(recorded.get("forwarding") or [])
     need = set()
     if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
         need = {tunnel.device, *source_devices(kernel, tunnel)}
     steps, switched = [], recorded & need
+    if need == recorded:
+        return steps, switched  # the common case (no source subnets): not even sysctl is loaded
+    from vpnsplit import sysctl
+
     for dev in sorted(need - recorded):
         if sysctl.forwarding(dev) is False:
             steps.append(Step(f"enable IPv4 forwarding on {dev}", lambda d=dev: sysctl.set_forwarding(d, True), lambda d=dev: sysctl.set_forwarding(d, False)))
