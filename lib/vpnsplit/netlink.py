@@ -1,4 +1,5 @@
-"""Rules, routes and alias addresses through pyroute2: observe what vpnsplit owns, and change it.
+"""Rules, routes and alias addresses: observe what vpnsplit owns (nldump dumps, ioctls for
+devices), and change it (pyroute2).
 
 Ownership: a rule or route is vpnsplit's when it carries protocol PROTO; it belongs to a
 tunnel when it points at (or lives in) that tunnel's table. Aliases are the configured
