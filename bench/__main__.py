@@ -148,40 +148,41 @@ NOTES = [
     "widens min-max spreads. Interleaving makes contenders share the noise; ratios of medians are the robust figures.",
     "Goal 1, the floor: `import pyroute2` runs the package's __init__, which imports ndb, ipdb, conntrack/nfnetlink, "
     "asyncio, multiprocessing, ssl and unittest; importing a submodule runs it too. It is most of the floor; "
-    "filelock 4.x adds ~10 ms. The floor is fixed by definition here, but it is what a hook run costs: only "
-    "leaving pyroute2 out (raw rtnetlink for the few writes, as lib/vpnsplit/nldump.py already does for the "
-    "reads) would make the hook fast in absolute terms.",
-    "Goal 1, above the floor: our imports (table above; mostly the frozen/ordered dataclasses of plan, lease, "
-    "config and openvpn, each exec()ing up to ten generated methods at import, and tomllib), then the work: "
-    "about 15 pyroute2 requests at ~0.5 ms each (pyroute2 0.9's sync API runs an asyncio loop per call; ifindex "
-    "lookups repeat for every route and address), the nft listing and batch, the state file. What would close "
-    "it: plain __slots__ classes or NamedTuples instead of the dataclasses (~5-8 ms), one ifindex lookup per "
-    "device per run and the writes as one raw netlink batch (~5-10 ms).",
-    "Goal 2: the no-op run writes nothing (monitors and dumps above) but costs about what a first apply "
-    "costs, because both are dominated by interpreter start-up and imports; the first apply's writes are a few ms.",
-    "Goals 3 and 4, what was O(everything) and is fixed: pyroute2 decodes every message of a dump (~100-150 us "
-    "each). dump_rules took 1.5 s with 10,000 foreign rules and table_routes dumped every table of both "
-    "families per tunnel; lib/vpnsplit/nldump.py now decodes only rules carrying proto 118 (~12 ms for 10,000) "
-    "and asks the kernel for one table (strict dump filter). The overlap check of `up` (engine._refuse_overlaps) "
-    "dumped the main table with pyroute2 and sent one netlink request per connected route per tunnel: 10,100 "
-    "requests and ~17 s for `up --all` with 100 tunnels; now one nldump per tunnel and a name lookup only for a "
-    "subnet that holds the address.",
-    "Goal 3, what is left per tunnel: lease_from_device and observe still call pyroute2's get_addr(index=...), "
-    "which dumps every address of the namespace and filters in Python (O(addresses) per tunnel, ~20 ms with "
-    "100 tunnels), plus ifindex and name lookups. One address dump and one link dump per run, shared by all "
-    "tunnels like the rule dump (read with nldump), would make `up --all` mostly its writes.",
-    "Goal 5: the nft side does not grow with tunnels (one map lookup in postrouting, one set lookup in "
-    "prerouting), but ip rules are a linear list in the kernel: a new connection from tun0's alias walks the "
-    "~200 rules of the 99 tunnels placed before it, and a received packet that needs a route lookup walks "
-    "every vpnsplit rule before reaching main. Bulk throughput does not pay it per packet (an established socket caches its "
-    "route). What would close it: fewer rules on the common path, e.g. a gate rule before vpnsplit's block "
-    "(`not iif lo goto <after the block>`, since vpnsplit's rules match only locally originated sources unless "
-    "source subnets are configured), or one rule per tunnel instead of two. Both goal-5 ratios sit within noise "
-    "of their thresholds: an earlier full run of the same packet path (same ruleset) gave 85% for conn/s "
-    "(100 vs 1 tunnel) and 99% for throughput.",
-    "Goal 2's ratio is close to 1 for the same reason as goal 1's floor: a no-op run skips only the few ms of "
-    "writes. Goal 3: even `up --all` is ~0.8x of 100 shell runs, far from 0.2x, because each of the 100 tunnels "
-    "still costs ~15-20 ms of pyroute2 requests (see the per-tunnel note above) while one shell run costs ~28 ms.",
+    "filelock 4.x adds ~10 ms. A hook run that changes something needs pyroute2 (it makes every netlink write), "
+    "so for a first apply the floor is what a hook run costs at the least.",
+    "Goal 1, above the floor (was 25.4 ms: 10.2 imports + 15.2 run). This run, under load from other sessions: "
+    "5.3 + 11.9 ms (minima 4.2 + 9.1); a --quick run minutes earlier, quieter: 4.3 + 9.0 = 13.3 ms. Our imports: "
+    "the frozen, ordered dataclasses (~0.5-1 ms each to define) are NamedTuples now; what is left is tomllib "
+    "~1.5 ms and ~17 small modules at ~0.1-0.2 ms each. The run, timed by phase in a cold process (bench namespace, 7 runs): six "
+    "pyroute2 writes ~2.7 ms (3 routes, the alias, 2 rules; the first request of each message type also builds "
+    "pyroute2's attribute tables), the nft batch that creates the table ~1.6 ms, the libnftables context ~0.9 ms "
+    "and its listing ~0.25 ms, the IPRoute socket ~0.7 ms, lock ~0.2 ms, state file ~0.2 ms, every read "
+    "(nldump rules, routes, addresses; ioctls for devices) ~0.4 ms. What would close the last ~3 ms: fewer, "
+    "cheaper writes than pyroute2's per-request path (its sync API runs an asyncio loop and request filters "
+    "for every call, ~0.25 ms once warm), which the project's rule (pyroute2 for every netlink write) excludes.",
+    "Goal 2: a run whose lease is the recorded one reads the kernel without pyroute2 (rules, routes and addresses "
+    "with lib/vpnsplit/nldump.py, device indexes by ioctl) and writes nothing, so it never imports pyroute2: "
+    "most of the floor. If the kernel had drifted, it loads pyroute2 under the lock and repairs; a run that "
+    "will probably write (a new lease, no record) loads it before queueing for the lock, as before.",
+    "Goal 3, what was O(everything) per tunnel and is fixed: lease_from_device and observe each called pyroute2's "
+    "get_addr(index=...), which dumps every address of the namespace and decodes each (2 dumps x 100 tunnels x "
+    "~200 addresses: 1.5 s of `up --all`); the overlap check re-dumped and re-parsed main per tunnel (~0.1 s); "
+    "the device type cost a request per tunnel even when the recorded lease was kept. Now one address dump and "
+    "one main dump per run, shared by all tunnels (like the rule dump), and the type is read only for a new "
+    "lease. In place, `up --all` then needs no pyroute2 at all (goal 2). Earlier: dump_rules took 1.5 s with "
+    "10,000 foreign rules and table_routes dumped every table per tunnel; nldump decodes only rules carrying "
+    "proto 118 and asks the kernel for one table.",
+    "Goal 3, loop_up.py (engine.up per tunnel) stays slower than `up --all`: one nft transaction, one rule dump "
+    "and one write path per tunnel instead of one for the run.",
+    "Goal 5 (not changed in this round): the nft side does not grow with tunnels (one map lookup in postrouting, "
+    "one set lookup in prerouting), but ip rules are a linear list in the kernel: a new connection from tun0's "
+    "alias walks the ~200 rules of the 99 tunnels placed before it, and a received packet that needs a route "
+    "lookup walks every vpnsplit rule before reaching main. Bulk throughput does not pay it per packet (an "
+    "established socket caches its route). What would help: fewer rules on the common path, e.g. a gate rule "
+    "before vpnsplit's block for traffic that is not locally originated, or one rule per tunnel instead of two. "
+    "The conn/s ratio is noisy around its threshold: nothing on the packet path changed in this round (the "
+    "planner, hence the rules and the nft table, is untouched), and full runs of the same ruleset gave 93% and "
+    "85% before this one's 84%; throughput gave 95%, 99% and now 107%.",
 ]
 
 if __name__ == "__main__":

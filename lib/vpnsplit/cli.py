@@ -1,7 +1,6 @@
 """The `vpnsplit` command: re-apply or remove a tunnel by hand, and see what the kernel holds."""
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -88,7 +87,7 @@ def cmd_default(args, cfg):
             default = (tunnel, None)  # not connected: with strict, a kill switch until it is
         else:
             # the tunnel itself too, so its record holds the servers read now (check compares with it)
-            default = (tunnel, _current_lease(kernel, statedir, tunnel))
+            default = (tunnel, _current_lease(kernel, statedir, tunnel, servers=True))
             targets = [default]
         changes = engine.converge(kernel, statedir, targets, default)
         statedir.choose_default("" if tunnel is None else tunnel.name)
@@ -121,12 +120,13 @@ def cmd_up(args, cfg):
     down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
     the first connect."""
     tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit up")]
-    with runner.session() as (kernel, statedir):
+    # every tunnel with a recorded lease: probably a re-apply with everything in place
+    with runner.session(changes_expected=lambda statedir: any(statedir.load_quiet(t.name) is None for t in tunnels)) as (kernel, statedir):
+        chosen = engine.default_tunnel(statedir, cfg.tunnels)
         targets = []
         for tunnel in tunnels:
             absent = args.all and kernel.nl.link_index(tunnel.device) is None
-            targets.append((tunnel, None if absent else _current_lease(kernel, statedir, tunnel)))
-        chosen = engine.default_tunnel(statedir, cfg.tunnels)
+            targets.append((tunnel, None if absent else _current_lease(kernel, statedir, tunnel, servers=tunnel is chosen)))
         if args.all and statedir.default_choice() is None:
             _configured_default(cfg)  # at boot: say which section chose, when several could
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
@@ -144,24 +144,31 @@ def _configured_default(cfg):
     return next(iter(candidates), None)
 
 
-def _current_lease(kernel, statedir, tunnel):
-    """The recorded lease if the device still carries it, else what the device carries now;
-    for a WireGuard device with the endpoints read now (they may have moved since wg-up)."""
+def _current_lease(kernel, statedir, tunnel, servers=False):
+    """The recorded lease if the device still carries it, else what the device carries now.
+
+    *servers*: also read a WireGuard device's peer endpoints now (they may have moved since
+    wg-up). Only the default VPN needs them, and asking a kernel WireGuard device costs a
+    pyroute2 import that a run finding everything in place otherwise never pays.
+    """
     from vpnsplit import wgpeers
 
     if kernel.nl.link_index(tunnel.device) is None:
         raise InputError(f"vpnsplit up {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
     recorded = statedir.load_quiet(tunnel.name)
-    live = kernel.lease_from_device(tunnel)
-    if recorded and [a.ip for a in recorded.locals] == [a.ip for a in live.locals]:
-        return wgpeers.with_endpoints(kernel.nl, recorded)
-    if recorded:
-        log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
-                    " ".join(map(str, live.locals)), " ".join(map(str, recorded.locals)))
-        # the device cannot show the VPN server (OpenVPN's trusted_ip): losing it would drop
-        # the default VPN's server exception and loop the client's packets into its tunnel
-        live = dataclasses.replace(live, servers=recorded.servers)
-    return wgpeers.with_endpoints(kernel.nl, live)
+    # the addresses alone first: the device's type (one more request) only matters for a new lease
+    carried = [a.ip for a in kernel.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+    if recorded and [a.ip for a in recorded.locals] == carried:
+        lease = recorded
+    else:
+        lease = kernel.lease_from_device(tunnel)
+        if recorded:
+            log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
+                        " ".join(map(str, lease.locals)), " ".join(map(str, recorded.locals)))
+            # the device cannot show the VPN server (OpenVPN's trusted_ip): losing it would drop
+            # the default VPN's server exception and loop the client's packets into its tunnel
+            lease = lease._replace(servers=recorded.servers)
+    return wgpeers.with_endpoints(kernel.nl, lease) if servers else lease
 
 
 def cmd_down(args, cfg):

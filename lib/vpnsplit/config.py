@@ -4,12 +4,12 @@ Loading validates everything up front (types, ranges, clashes between tunnels), 
 bad config stops a hook before it touches the kernel and names the offending key.
 """
 
-import dataclasses
 import ipaddress
 import os
 import re
 import stat
 import tomllib
+from typing import NamedTuple
 
 from vpnsplit import addresses
 from vpnsplit.errors import InputError
@@ -42,8 +42,7 @@ def shown(text):
     return text if isinstance(text, str) and text.isprintable() else repr(text)
 
 
-@dataclasses.dataclass(frozen=True)
-class Tunnel:
+class Tunnel(NamedTuple):
     """One VPN as configured. Everything vpnsplit does for it derives from these fields."""
 
     name: str
@@ -77,8 +76,7 @@ class Tunnel:
         return range(self.priority, self.priority + PRIORITY_SPAN)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: str
     tunnels: dict  # name -> Tunnel, in file order
 

@@ -6,7 +6,6 @@ run them in a leak-safe order, and record the lease last. If a step fails, every
 this run made is undone in reverse and the error names the step.
 """
 
-import dataclasses
 import logging
 import os
 import signal
@@ -18,15 +17,19 @@ from vpnsplit.lease import Lease
 log = logging.getLogger("vpnsplit")
 
 
-@dataclasses.dataclass
 class Step:
-    name: str
-    do: object  # () -> bool: True if it changed something (so there is something to undo)
-    undo: object  # () -> None
+    """One change and its undo. A plain class: a dataclass costs ~0.5 ms to define at every start."""
+
+    __slots__ = ("name", "do", "undo")
+
+    def __init__(self, name, do, undo):
+        self.name = name
+        self.do = do  # () -> bool: True if it changed something (so there is something to undo)
+        self.undo = undo  # () -> None
 
 
 class Kernel:
-    """The two backends of one run: a netlink socket and, on first use, libnftables.
+    """The two backends of one run: pyroute2's netlink socket and libnftables, each opened on first use.
 
     Observation is one rule dump and one nft listing per run, shared by every tunnel the
     run handles (dumps are cached until `forget()`, which run_steps calls after changing
@@ -147,6 +150,8 @@ def run_steps(steps):
     VPNSPLIT_TEST_KILL_AFTER=N makes the process SIGKILL itself after its N-th step: the
     crash-consistency tests use it to stop a run at every step in turn.
     """
+    if not steps:
+        return []  # in place: nothing to do, and no need to load pyroute2 for its errors
     from pyroute2.netlink.exceptions import NetlinkError
 
     from vpnsplit.nat import NftError
@@ -276,10 +281,7 @@ def _refuse_overlaps(kernel, tunnel, lease):
     in the main table: the LAN) would answer ARP there for a LAN host's address and hide
     that host; an alias inside the tunnel's own subnet may be another VPN client's address.
     """
-    import ipaddress
     import socket
-
-    from vpnsplit import nldump
 
     for local in lease.locals:
         for alias in (tunnel.alias, tunnel.alias6):
@@ -289,15 +291,12 @@ def _refuse_overlaps(kernel, tunnel, lease):
                     f"choose an alias outside it"
                 )
         family = socket.AF_INET if local.version == 4 else socket.AF_INET6
-        # nldump: only main's routes cross the socket; a device name is looked up only for a
-        # subnet that holds the address (was: a netlink request per connected route per
-        # tunnel, 10,100 requests and 17 s for `up --all` with 100 tunnels)
-        for dst, dst_len, proto, rtype, oif, gateway, _metric in nldump.routes(family, 254):
+        # main is dumped and parsed once per run for all tunnels; a device name is looked up
+        # only for a subnet that holds the address (was: a netlink request per connected
+        # route per tunnel, 10,100 requests and 17 s for `up --all` with 100 tunnels)
+        for net, proto, rtype, oif, gateway in kernel.nl.main_routes(family):
             # connected (proto kernel), unicast, no gateway, not the default, in main
-            if proto != 2 or rtype != 1 or not dst_len or gateway:
-                continue
-            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
-            if local.ip not in net:
+            if proto != 2 or rtype != 1 or net is None or not net.prefixlen or gateway or local.ip not in net:
                 continue
             device = kernel.nl.link_name(oif) if oif else None
             if device not in (None, tunnel.device):
@@ -325,8 +324,6 @@ def _forwarding(kernel, recorded, tunnel, lease):
 
     Forwarding goes on where the sources arrive and on the tunnel (for replies), only where
     it is off; down (lease None) switches back exactly the devices recorded as switched on."""
-    from vpnsplit import sysctl
-
     recorded = set(recorded.get("forwarding") or [])
     if lease is not None and lease.local6 is not None and ipv6_forwarding(tunnel) is False:
         log.warning("tunnel %s: IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1 "
@@ -335,6 +332,10 @@ def _forwarding(kernel, recorded, tunnel, lease):
     if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
         need = {tunnel.device, *source_devices(kernel, tunnel)}
     steps, switched = [], recorded & need
+    if need == recorded:
+        return steps, switched  # the common case (no source subnets): not even sysctl is loaded
+    from vpnsplit import sysctl
+
     for dev in sorted(need - recorded):
         if sysctl.forwarding(dev) is False:
             steps.append(Step(f"enable IPv4 forwarding on {dev}", lambda d=dev: sysctl.set_forwarding(d, True), lambda d=dev: sysctl.set_forwarding(d, False)))
@@ -368,13 +369,12 @@ def _moved(kernel, tunnel, lease):
     at all (ifconfig-noexec, or going away) is not counted."""
     if lease is None or kernel.nl.link_index(tunnel.device) is None:
         return []
-    try:
-        live = kernel.lease_from_device(tunnel)
-    except InputError:
+    live = [a for a in kernel.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+    if not live:
         return []
     wanted = {plan.Address(a.version, tunnel.device, str(a.ip)) for a in lease.locals}
     gone = sorted(wanted - kernel.nl.addresses(tunnel.device, wanted))
-    now = " ".join(str(a.ip) for a in live.locals)
+    now = " ".join(str(a.ip) for a in live)
     return [f"device {tunnel.device} carries {now}, not the recorded {a.address}: address changed underneath" for a in gone]
 
 

@@ -41,7 +41,8 @@ def openvpn_up(args):
     call = openvpn.parse(args, os.environ)
     cfg = runner.load_config(call.config)
     tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn up")
-    with runner.session() as (kernel, statedir):
+    # the lease already recorded: probably a re-run with everything in place
+    with runner.session(changes_expected=lambda statedir: statedir.load_quiet(tunnel.name) != call.lease) as (kernel, statedir):
         changes = engine.up(kernel, statedir, tunnel, call.lease, cfg.tunnels)
     _report("up", tunnel, changes, call.lease)
 

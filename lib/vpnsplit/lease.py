@@ -4,14 +4,13 @@ A Lease is what the hooks parse, what the state file records, and what the plann
 into routes and rules. It holds plain `ipaddress` values and round-trips through JSON.
 """
 
-import dataclasses
 import ipaddress
+from typing import NamedTuple
 
 from vpnsplit.errors import InputError
 
 
-@dataclasses.dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     device: str
     # "tun" (point-to-point: routes go `dev`), "tap" (Ethernet: routes go `via` gateway).
     dev_type: str = "tun"
@@ -23,16 +22,12 @@ class Lease:
     # default through this tunnel must never route the tunnel's own packets into it
     servers: tuple = ()
 
-    def __post_init__(self):
-        if self.dev_type not in ("tun", "tap"):
-            raise ValueError(f"dev_type {self.dev_type!r}")
-
     @property
     def locals(self):
         return [a for a in (self.local4, self.local6) if a is not None]
 
     def to_json(self):
-        out = {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
+        out = {k: None if v is None else str(v) for k, v in self._asdict().items()}
         out["servers"] = [str(a) for a in self.servers]
         return out
 

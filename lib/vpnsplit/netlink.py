@@ -1,4 +1,5 @@
-"""Rules, routes and alias addresses through pyroute2: observe what vpnsplit owns, and change it.
+"""Rules, routes and alias addresses: observe what vpnsplit owns (nldump dumps, ioctls for
+devices), and change it (pyroute2).
 
 Ownership: a rule or route is vpnsplit's when it carries protocol PROTO; it belongs to a
 tunnel when it points at (or lives in) that tunnel's table. Aliases are the configured
@@ -14,12 +15,9 @@ import errno
 import ipaddress
 import socket
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from vpnsplit import nldump
 from vpnsplit.errors import InputError
-from vpnsplit.plan import DEFAULT_DST, PROTO, Address, Route, Rule
+from vpnsplit.plan import DEFAULT_DST, MAIN_TABLE, PROTO, Address, Route, Rule
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 RTN = {1: "unicast", 7: "unreachable"}
@@ -27,33 +25,60 @@ IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate 
 
 
 class Netlink:
-    """One netlink socket for a whole run.
+    """One pyroute2 socket for a whole run, opened on first use: reading needs none (nldump
+    and ioctls), so a run that finds everything in place never imports pyroute2.
 
-    Device names and indexes are looked up once per run (a hook asks for the same device
-    a dozen times, ~0.5 ms a request); `forget()` drops them, as Kernel.forget() does
-    after a run. A device that vanishes mid-run then fails its step with ENODEV.
+    What a run reads about devices is read once and shared by every tunnel it handles:
+    device names and indexes (one ioctl each), one dump of every address, one dump of the
+    main table per family. `forget()` drops them, as Kernel.forget() does after a run
+    changes the kernel. A device that vanishes mid-run then fails its step with ENODEV.
     """
 
     def __init__(self):
-        self.ipr = IPRoute()
+        self._ipr = None
         self.forget()
 
+    @property
+    def ipr(self):
+        return self._ipr or self.connect()
+
+    def connect(self):
+        """Import pyroute2 (~0.15 s of CPU) and open its IPRoute socket, if not done yet."""
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
     def close(self):
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def forget(self):
-        self._indexes, self._names = {}, {}
+        self._indexes, self._names, self._addrs, self._main = {}, {}, None, {}
 
     # -- reading -------------------------------------------------------------------------
 
     def link_index(self, name):
-        """The ifindex of *name*, or None when there is no such device (absence is not cached)."""
+        """The ifindex of *name*, or None when there is no such device (absence is not cached).
+
+        if_nametoindex is one ioctl; pyroute2's link_lookup costs a netlink round trip."""
         if name not in self._indexes:
-            found = self.ipr.link_lookup(ifname=name)
-            if not found:
+            try:
+                index = socket.if_nametoindex(name)
+            except OSError:
                 return None
-            self._indexes[name], self._names[found[0]] = found[0], name
+            self._indexes[name], self._names[index] = index, name
         return self._indexes[name]
+
+    def link_name(self, index):
+        """The name of device *index*, or None when there is none."""
+        if index not in self._names:
+            try:
+                self._names[index] = socket.if_indextoname(index)
+            except OSError:
+                return None
+        return self._names[index]
 
     def is_ethernet(self, name):
         """True for a tap (Ethernet) device, False for tun/wireguard (no link layer)."""
@@ -65,37 +90,47 @@ class Netlink:
         info = self.ipr.get_links(self._index(name))[0].get_attr("IFLA_LINKINFO")
         return info.get_attr("IFLA_INFO_KIND") if info else None
 
+    def main_routes(self, family):
+        """The main table's routes of *family* (socket.AF_INET/AF_INET6) as (network or None for
+        a default, protocol, type, oif, gateway), dumped and parsed once per run: every
+        tunnel's overlap check reads them."""
+        if family not in self._main:
+            self._main[family] = [
+                (ipaddress.ip_network(f"{dst}/{dst_len}", strict=False) if dst else None, proto, rtype, oif, gateway)
+                for dst, dst_len, proto, rtype, oif, gateway, _metric in nldump.routes(family, MAIN_TABLE)
+            ]
+        return self._main[family]
+
     def connected_device(self, network):
         """The device of the main table's gateway-less route that holds *network*, or None."""
-        fam = AF[network.version]
         best = None
-        for dst, dst_len, _proto, _type, oif, gateway, _metric in nldump.routes(fam, 254):
-            if dst is None or gateway or not oif:
+        for route, _proto, _type, oif, gateway in self.main_routes(AF[network.version]):
+            if route is None or gateway or not oif:
                 continue
-            route = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
             if network.subnet_of(route) and (best is None or route.prefixlen > best[0]):
                 best = (route.prefixlen, oif)
         return self.link_name(best[1]) if best else None
 
+    def _addresses(self, index):
+        """The addresses on device *index* as (family, prefixlen, scope, IFA_LOCAL, IFA_ADDRESS).
+
+        One dump of every address per run, read with nldump: pyroute2's get_addr(index=...)
+        dumps them all on every call and decodes each (O(addresses) per tunnel, ~20 ms with
+        100 tunnels)."""
+        if self._addrs is None:
+            self._addrs = {}
+            for ifindex, *entry in nldump.addresses():
+                self._addrs.setdefault(ifindex, []).append(tuple(entry))
+        return self._addrs.get(index, [])
+
     def uplink_addresses(self):
         """The global addresses of the devices holding the main table's default routes."""
         out = set()
-        for fam in (4, 6):
-            for dst, _len, _proto, _type, oif, _gw, _metric in nldump.routes(AF[fam], 254):
-                if dst is None and oif:
-                    out.update(
-                        ipaddress.ip_address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
-                        for a in self.ipr.get_addr(index=oif, family=AF[fam]) if a["scope"] == 0
-                    )
+        for fam in AF.values():
+            for route, _proto, _type, oif, _gw in self.main_routes(fam):
+                if route is None and oif:
+                    out.update(ipaddress.ip_address(local or addr) for f, _, scope, local, addr in self._addresses(oif) if f == fam and scope == 0)
         return sorted(out, key=lambda a: (a.version, a))
-
-    def link_name(self, index):
-        if index not in self._names:
-            msgs = self.ipr.get_links(index)
-            if not msgs:
-                return None
-            self._names[index] = msgs[0].get_attr("IFLA_IFNAME")
-        return self._names[index]
 
     def dump_rules(self):
         """All of vpnsplit's rules as Rule objects; one dump per family.
@@ -130,11 +165,7 @@ class Netlink:
         index = self.link_index(device)
         if index is None:
             return set()
-        present = set()
-        for msg in self.ipr.get_addr(index=index):
-            fam = 4 if msg["family"] == socket.AF_INET else 6
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            present.add(Address(fam, device, addr))
+        present = {Address(4 if f == socket.AF_INET else 6, device, local or addr) for f, _, _, local, addr in self._addresses(index)}
         return {a for a in wanted if a in present}
 
     def device_addresses(self, device, skip=()):
@@ -147,15 +178,15 @@ class Netlink:
         if index is None:
             raise InputError(f"device {device!r} does not exist")
         v4 = v6 = None
-        for msg in self.ipr.get_addr(index=index):
-            if msg["scope"] != 0:  # only global scope: skip link-local and host
+        for fam, prefixlen, scope, local, addr in self._addresses(index):
+            if scope != 0:  # only global scope: skip link-local and host
                 continue
-            if msg["family"] == socket.AF_INET:
-                addr = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}")
-                v4 = v4 or (None if addr.ip in skip else addr)
-            elif msg["family"] == socket.AF_INET6:
-                addr = ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-                v6 = v6 or (None if addr.ip in skip else addr)
+            if fam == socket.AF_INET:
+                iface = ipaddress.IPv4Interface(f"{local}/{prefixlen}")
+                v4 = v4 or (None if iface.ip in skip else iface)
+            elif fam == socket.AF_INET6:
+                iface = ipaddress.IPv6Interface(f"{addr}/{prefixlen}")
+                v6 = v6 or (None if iface.ip in skip else iface)
         return v4, v6
 
     # -- changing --------------------------------------------------------------------------
@@ -182,11 +213,9 @@ class Netlink:
 
     def del_route(self, route):
         """Delete *route*. Already gone (or its device vanished, taking it along): False."""
-        try:
-            spec = self._route_spec(route)
-        except _NoDevice:
+        if route.device and self.link_index(route.device) is None:
             return False
-        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT, errno.ENODEV), **spec)
+        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT, errno.ENODEV), **self._route_spec(route))
 
     def add_address(self, address):
         """Put an alias on its device. Already there: False."""
@@ -195,16 +224,14 @@ class Netlink:
 
     def del_address(self, address):
         """Take an alias off its device. Already gone, or the device is gone: False."""
-        try:
-            spec = self._addr_spec(address)
-        except _NoDevice:
+        if self.link_index(address.device) is None:
             return False
-        return _tolerate(self.ipr.addr, "del", (errno.EADDRNOTAVAIL, errno.ENODEV), **spec)
+        return _tolerate(self.ipr.addr, "del", (errno.EADDRNOTAVAIL, errno.ENODEV), **self._addr_spec(address))
 
     def _index(self, device):
         index = self.link_index(device)
         if index is None:
-            raise _NoDevice(device)
+            raise _no_device(device)
         return index
 
     def _route_spec(self, route):
@@ -234,19 +261,25 @@ class Netlink:
         return spec
 
 
-class _NoDevice(NetlinkError):
-    def __init__(self, device):
-        super().__init__(errno.ENODEV, f"device {device} does not exist")
+# pyroute2 is imported inside the functions below: only runs that change something load it.
+
+
+def _no_device(device):
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError(errno.ENODEV, f"device {device} does not exist")
 
 
 @contextlib.contextmanager
 def _named(device):
     """Name the device in an ENODEV: it vanished since this run looked its index up."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         yield
     except NetlinkError as e:
         if e.code == errno.ENODEV and device:
-            raise _NoDevice(device) from None
+            raise _no_device(device) from None
         raise
 
 
@@ -264,6 +297,8 @@ def _rule_spec(rule):
 
 
 def _tolerate(call, cmd, codes, **spec):
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         call(cmd, **spec)
     except NetlinkError as e:

@@ -6,7 +6,7 @@ last six. The down-root plugin passes only the plugin's own words; then everythi
 from the environment snapshot taken at up time. IPv6 only ever comes in the environment.
 """
 
-import dataclasses
+from typing import NamedTuple
 
 from vpnsplit import addresses
 from vpnsplit.errors import InputError
@@ -15,8 +15,7 @@ from vpnsplit.lease import Lease
 CONTEXTS = ("init", "restart")
 
 
-@dataclasses.dataclass(frozen=True)
-class HookCall:
+class HookCall(NamedTuple):
     """One invocation: our own options, plus what the VPN client told us."""
 
     device: str

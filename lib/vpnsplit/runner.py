@@ -55,16 +55,23 @@ def load_config(explicit=None):
 
 
 @contextlib.contextmanager
-def session(timeout=None):
-    """The state directory, the lock and the kernel backends, for one run that changes things."""
+def session(timeout=None, changes_expected=lambda statedir: True):
+    """The state directory, the lock and the kernel backends, for one run that may change things.
+
+    Writing needs pyroute2 (~0.15 s of CPU to import), reading does not. When
+    *changes_expected*(statedir) says this run will probably write (say, its lease is not
+    the recorded one), pyroute2 is loaded before queueing for the lock, so the lock is held
+    only for the kernel work itself and concurrent runs drain quickly; a run that expects
+    to find everything in place does without it, or loads it under the lock if wrong.
+    """
     from vpnsplit.engine import Kernel
 
     statedir = state.StateDir(state.dir_from())
     statedir.ensure()
-    # Kernel() imports pyroute2 (~0.1-0.2 s of CPU): do it before queueing for the lock, so
-    # the lock is held only for the kernel work itself and concurrent runs drain quickly.
     kernel = Kernel()
     try:
+        if changes_expected(statedir):
+            kernel.nl.connect()
         with statedir.lock(lock_timeout() if timeout is None else timeout):
             yield kernel, statedir
     finally:

@@ -18,7 +18,6 @@ up (the wg-up hook, `vpnsplit up NAME`, `vpnsplit default NAME`); after roaming 
 re-resolved Endpoint, run `vpnsplit up NAME` again to move the server exception.
 """
 
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -44,7 +43,7 @@ def with_endpoints(nl, lease):
     except WireGuardError as e:
         log.warning("device %s: cannot read the WireGuard endpoints (%s): no server exception for the default VPN", lease.device, e)
         return lease
-    return lease if found is None else dataclasses.replace(lease, servers=found)
+    return lease if found is None else lease._replace(servers=found)
 
 
 def endpoints(nl, device):

@@ -1,0 +1,74 @@
+"""Issue 5's read paths: what a run reads without pyroute2 must be what pyroute2 would read,
+and a run that finds everything in place must not need pyroute2 at all."""
+
+import json
+
+from tests.kernel.nslab import PROVIDER, REPO, WORK
+
+PY = REPO / ".venv/bin/python3"
+
+COMPARE = """
+import json
+from pyroute2 import IPRoute
+from vpnsplit import nldump
+with IPRoute() as ipr:
+    theirs = [[m["index"], m["family"], m["prefixlen"], m["scope"], m.get_attr("IFA_LOCAL"), m.get_attr("IFA_ADDRESS")] for m in ipr.get_addr()]
+print(json.dumps({"nldump": [list(a) for a in nldump.addresses()], "pyroute2": theirs}))
+"""
+
+# Any import of pyroute2 fails, as if it were not installed: the run must not need it.
+WITHOUT_PYROUTE2 = """
+import sys
+sys.modules["pyroute2"] = None
+from vpnsplit import cli, hooks
+entry = {"hook": hooks.main, "cli": cli.main}[sys.argv[1]]
+sys.exit(entry(sys.argv[2:]))
+"""
+
+SIX = ["tun0", "1500", "0", "10.8.0.2", "255.255.255.0", "init"]
+OPENVPN_ENV = {"dev": "tun0", "dev_type": "tun", "script_type": "up", "script_context": "init", "ifconfig_local": "10.8.0.2",
+               "ifconfig_netmask": "255.255.255.0", "ifconfig_ipv6_local": "fd00:8::1000", "ifconfig_ipv6_netbits": "64"}
+
+
+def scene(ns):
+    ns.write_config(PROVIDER + WORK)
+    ns.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
+    ns.add_tun("tun1", "10.9.0.6", peer="10.9.0.5")
+
+
+def without_pyroute2(ns, entry, *args, env=None):
+    envargs = [f"{k}={v}" for k, v in ns.env(env).items()]
+    return ns.exec("/usr/bin/env", "-i", *envargs, PY, "-I", "-c", WITHOUT_PYROUTE2, entry, *args)
+
+
+def test_nldump_reads_every_address_as_pyroute2_does(ns):
+    scene(ns)
+    ns.ip("addr", "add", "10.192.9.1/32", "dev", "lo")
+    ns.ip("-6", "addr", "add", "fd10:192::1/128", "dev", "tun0", "nodad")
+    got = json.loads(ns.exec(PY, "-I", "-c", COMPARE, check=True).stdout)
+    # p2p (IFA_LOCAL differs from IFA_ADDRESS, the peer), IPv6 (no IFA_LOCAL), host scope on lo
+    assert ["10.9.0.6", "10.9.0.5"] in [a[4:] for a in got["pyroute2"]]
+    assert got["nldump"] == got["pyroute2"]
+
+
+def test_a_run_with_everything_in_place_needs_no_pyroute2(ns):
+    scene(ns)
+    assert ns.openvpn("up", "tun0", "10.8.0.2", "255.255.255.0", env=OPENVPN_ENV).returncode == 0
+    assert ns.openvpn("up", "tun1", "10.9.0.6", "10.9.0.5").returncode == 0
+    before = ns.dump()
+
+    hook = without_pyroute2(ns, "hook", "up", *SIX, env=OPENVPN_ENV)
+    assert hook.returncode == 0 and "already in place" in hook.stderr, hook.stderr
+    every = without_pyroute2(ns, "cli", "up", "--all")
+    assert every.returncode == 0 and "already in place" in every.stderr, every.stderr
+    status = without_pyroute2(ns, "cli", "check")
+    assert status.returncode == 0, status.stderr
+    assert ns.dump() == before
+
+    # the control: with something to repair the same run needs pyroute2, and fails without it
+    ns.ip("rule", "del", "priority", "1001", "from", "10.192.8.1")
+    drifted = ns.dump()
+    blocked = without_pyroute2(ns, "hook", "up", *SIX, env=OPENVPN_ENV)
+    assert blocked.returncode != 0 and ns.dump() == drifted, blocked.stderr
+    assert ns.openvpn("up", "tun0", "10.8.0.2", "255.255.255.0", env=OPENVPN_ENV).returncode == 0
+    assert ns.dump() == before
