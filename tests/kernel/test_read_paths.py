@@ -16,6 +16,26 @@ with IPRoute() as ipr:
 print(json.dumps({"nldump": [list(a) for a in nldump.addresses()], "pyroute2": theirs}))
 """
 
+# the rules and routes a run observes, read both ways (nldump's tuples, from pyroute2's messages)
+COMPARE_RULES_ROUTES = """
+import json, socket
+from pyroute2 import IPRoute
+from vpnsplit import nldump
+A = lambda m, name: m.get_attr(name)
+out = {"nldump": [], "pyroute2": []}
+with IPRoute() as ipr:
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        out["nldump"].append([list(r) for r in nldump.rules(fam, 118)])
+        sup = lambda m: None if A(m, "FRA_SUPPRESS_PREFIXLEN") in (None, 0xFFFFFFFF) else A(m, "FRA_SUPPRESS_PREFIXLEN")
+        out["pyroute2"].append([[A(m, "FRA_PRIORITY") or 0, A(m, "FRA_TABLE"), A(m, "FRA_SRC"), m["src_len"], A(m, "FRA_DST"), m["dst_len"], sup(m)]
+                                for m in ipr.get_rules(family=fam) if A(m, "FRA_PROTOCOL") == 118])
+        for table in (100, 101, 254):
+            out["nldump"].append([list(r) for r in nldump.routes(fam, table)])
+            out["pyroute2"].append([[A(m, "RTA_DST"), m["dst_len"], m["proto"], m["type"], A(m, "RTA_OIF"), A(m, "RTA_GATEWAY"), A(m, "RTA_PRIORITY")]
+                                    for m in ipr.get_routes(family=fam) if A(m, "RTA_TABLE") == table])
+print(json.dumps(out))
+"""
+
 # Any import of pyroute2 fails, as if it were not installed: the run must not need it.
 WITHOUT_PYROUTE2 = """
 import sys
@@ -72,3 +92,20 @@ def test_a_run_with_everything_in_place_needs_no_pyroute2(ns):
     assert blocked.returncode != 0 and ns.dump() == drifted, blocked.stderr
     assert ns.openvpn("up", "tun0", "10.8.0.2", "255.255.255.0", env=OPENVPN_ENV).returncode == 0
     assert ns.dump() == before
+
+
+def test_nldump_reads_rules_and_routes_as_pyroute2_does(ns):
+    scene(ns)
+    assert ns.openvpn("up", "tun0", "10.8.0.2", "255.255.255.0", env=OPENVPN_ENV).returncode == 0
+    assert ns.openvpn("up", "tun1", "10.9.0.6", "10.9.0.5").returncode == 0
+    # the shapes the default VPN uses: suppress_prefixlength, a destination, both families
+    for fam in ("-4", "-6"):
+        ns.ip(fam, "rule", "add", "priority", "32000", "lookup", "main", "suppress_prefixlength", "0", "proto", "118")
+    ns.ip("rule", "add", "priority", "32002", "to", "203.0.113.2", "lookup", "main", "proto", "118")
+    ns.ip("rule", "add", "priority", "1500", "from", "10.1.0.0/16", "lookup", "101", "proto", "static")  # not ours
+    got = json.loads(ns.exec(PY, "-I", "-c", COMPARE_RULES_ROUTES, check=True).stdout)
+    v4_rules = got["pyroute2"][0]
+    assert [32000, 254, None, 0, None, 0, 0] in v4_rules and [32002, 254, None, 0, "203.0.113.2", 32, None] in v4_rules
+    assert [1000, 100, "10.8.0.2", 32, None, 0, None] in v4_rules and not any(r[0] == 1500 for r in v4_rules)
+    assert all(got["pyroute2"]), "every family's rules and every table's routes are non-empty"
+    assert got["nldump"] == got["pyroute2"]
