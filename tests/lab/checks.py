@@ -8,7 +8,7 @@ way?"), with the answer vpnsplit promises. Tests assert them all; the demo print
 import dataclasses
 import time
 
-from .netns import HOST_ADDR, HOST_ADDR6, ISP_LAN, ISP_LAN6, LAN_NEIGHBOUR, LAN_NEIGHBOUR6, TARGET, TARGET6
+from .netns import HOST_ADDR, HOST_ADDR6, ISP_LAN, ISP_LAN6, ISP_WAN, ISP_WAN6, LAN_NEIGHBOUR, LAN_NEIGHBOUR6, TARGET, TARGET6
 
 PROTOS = ("tcp", "udp")
 
@@ -22,9 +22,16 @@ class Plain:
     target: str  # the internet host behind the VPN server
     unbound: str  # what an unbound socket binds to
     gateway: str  # the isp router: the host's default route
+    internet: str  # the isp router's public side: connections from it come from the internet
+
+    @property
+    def everything(self):
+        """The whole address space of the family, as a source an IspCounter counts."""
+        return f"{self.unbound}/0"
 
 
-PLAIN = {4: Plain(HOST_ADDR, LAN_NEIGHBOUR, TARGET, "0.0.0.0", ISP_LAN), 6: Plain(HOST_ADDR6, LAN_NEIGHBOUR6, TARGET6, "::", ISP_LAN6)}
+PLAIN = {4: Plain(HOST_ADDR, LAN_NEIGHBOUR, TARGET, "0.0.0.0", ISP_LAN, ISP_WAN),
+         6: Plain(HOST_ADDR6, LAN_NEIGHBOUR6, TARGET6, "::", ISP_LAN6, ISP_WAN6)}
 
 
 def plain(address):

@@ -99,20 +99,21 @@ class Lab(Network):
                    check=check)
 
     # -- OpenVPN --------------------------------------------------------------------------
-    def openvpn_server(self, mode="subnet", address=None, ipv6=False, **start):
-        """Start a server in `vpn`; *address* pins the address the client gets (ccd)."""
+    def openvpn_server(self, mode="subnet", address=None, ipv6=False, address6=None, **start):
+        """Start a server in `vpn`; *address* (and *address6*, with *ipv6*) pins the addresses
+        the client gets (ccd)."""
         ccd = self.path("ccd")
         os.makedirs(ccd, exist_ok=True)
         if address:
-            self.openvpn_server_address(mode, address)
+            self.openvpn_server_address(mode, address, address6)
         conf = self.write(f"server-{mode}.conf", openvpn.server_config(mode, ccd, ipv6))
         server = openvpn.OpenVPN(self, "vpn", f"server-{mode}", conf, self.pki_dir)
         self.servers.append(server)
         return server.start(**start)
 
-    def openvpn_server_address(self, mode, address):
-        """Pin the address the server gives the lab client from its next connect on."""
-        openvpn.write_ccd(self.path("ccd"), mode, address)
+    def openvpn_server_address(self, mode, address, address6=None):
+        """Pin the address(es) the server gives the lab client from its next connect on."""
+        openvpn.write_ccd(self.path("ccd"), mode, address, address6)
 
     def openvpn_client(self, example="client.conf", options=(), **start):
         """Start configs/openvpn/EXAMPLE in `host`, wired to the lab's vpnsplit config."""

@@ -6,6 +6,7 @@ options on the command line (`--cd` into the certificate directory, `--setenv` f
 vpnsplit's config and state directory, and whatever a scenario varies, like --persist-tun).
 """
 
+import ipaddress
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from .netns import SERVER, pid_alive
 READY = "Initialization Sequence Completed"
 FATAL = re.compile(r"Exiting due to fatal error")
 CLIENT_CN = "vpnsplit-lab-client"
+SERVER_POOL6 = "fd00:8::/64"  # server-ipv6: the server takes fd00:8::1
 
 # Server modes: device, pool, and the `topology` line (tap has none).
 MODES = {
@@ -39,7 +41,7 @@ def server_config(mode, ccd, ipv6=False, port=1194):
         'push "redirect-gateway def1"',
     ]
     if ipv6:
-        lines.append("server-ipv6 fd00:8::/64")
+        lines.append(f"server-ipv6 {SERVER_POOL6}")
     return "\n".join(line for line in lines if line) + "\n"
 
 
@@ -126,12 +128,17 @@ class OpenVPN:
         return self.pid is not None and pid_alive(self.pid)
 
 
-def write_ccd(ccd_dir, mode, address):
-    """Make the server give the lab client *address* next time it connects."""
+def write_ccd(ccd_dir, mode, address, address6=None):
+    """Make the server give the lab client *address* (and *address6*, inside SERVER_POOL6) next
+    time it connects. With ifconfig-push alone the IPv6 address still comes from the pool, and
+    OpenVPN warns that this "does not work" (it is not tied to the client)."""
     peer = {"subnet": "255.255.255.0", "tap": "255.255.255.0"}.get(mode)
     if peer is None:  # net30/p2p: the pushed remote end is the address just below
         a, b, c, d = address.split(".")
         peer = f"{a}.{b}.{c}.{int(d) - 1}"
+    lines = [f"ifconfig-push {address} {peer}"]
+    if address6:
+        lines.append(f"ifconfig-ipv6-push {address6}/64 {ipaddress.ip_network(SERVER_POOL6)[1]}")
     os.makedirs(ccd_dir, exist_ok=True)
     with open(os.path.join(ccd_dir, CLIENT_CN), "w") as f:
-        f.write(f"ifconfig-push {address} {peer}\n")
+        f.write("".join(line + "\n" for line in lines))
