@@ -193,7 +193,7 @@ def test_ipv6_forwarding_switched_per_device_only_where_needed(world):
     assert "rp_filter on ctr0: strict, forwarding on, IPv6 forwarding on (force_forwarding)" in ns.vpnsplit("status").stdout
     assert ns.vpnsplit("down", "vpn").returncode == 0
     assert ns.forwarding() == before  # ctr0 back off, the admin's vpn0 still on
-    assert received(far, "fd08::1", 5010, ctr, "tcp")[1] == "nothing"
+    assert received(far, "fd08::1", 5014, ctr, "tcp")[1] == "nothing"  # a port of its own: 5010's socket may be in TIME_WAIT
 
 
 def test_ipv6_forwarding_reset_by_all_forwarding_is_reported_and_repaired(world):
