@@ -2,7 +2,8 @@
 
 Each command is one linear story under the lock: plan the desired state, observe what
 vpnsplit owns in the kernel, turn the difference into steps that each carry their undo,
-run them in a leak-safe order, and record the lease last. If a step fails, every step
+run them in a leak-safe order, and record the lease last (only switching forwarding on
+comes after it, so a killed run's record never forgets a switch). If a step fails, every step
 this run made is undone in reverse and the error names the step.
 """
 
