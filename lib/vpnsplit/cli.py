@@ -246,10 +246,17 @@ def _describe(r):
     lines += [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]]
     lines += [f"  STALE    {s}" for s in r["stale"]]
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
-    lines += [f"  rp_filter on {dev}: {rpf.get(v, v)}" + (f", forwarding {'on' if r['forwarding'].get(dev) else 'off'}" if dev in r["forwarding"] else "")
-              for dev, v in r["rp_filter"].items()]
-    if r["forwarding6"] is not None:
-        lines.append(f"  IPv6 forwarding (net.ipv6.conf.all.forwarding): {'on' if r['forwarding6'] else 'off: IPv6 sources are not forwarded; set it to 1'}")
+    six = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"
+    for dev, v in r["rp_filter"].items():
+        line = f"  rp_filter on {dev}: {rpf.get(v, v)}"
+        if dev in r["forwarding"]:
+            line += f", forwarding {'on' if r['forwarding'][dev] else 'off'}"
+        if dev in r["forwarding6"]:
+            line += f", IPv6 forwarding {'on ' + six if r['forwarding6'][dev] else 'off'}"
+        lines.append(line)
+    if r["forwarding6_per_device"] is False and not r["forwarding6_all"]:
+        lines.append("  IPv6 forwarding (net.ipv6.conf.all.forwarding): off: IPv6 sources are not forwarded; set it to 1 "
+                     "(this kernel has no per-device force_forwarding, Linux 6.17+)")
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Each command is one linear story under the lock: plan the desired state, observe what
 vpnsplit owns in the kernel, turn the difference into steps that each carry their undo,
-run them in a leak-safe order, and record the lease last. If a step fails, every step
+run them in a leak-safe order, and record the lease last (only switching forwarding on
+comes after it, so a killed run's record never forgets a switch). If a step fails, every step
 this run made is undone in reverse and the error names the step.
 """
 
@@ -247,8 +248,8 @@ def converge(kernel, statedir, targets, default=None):
             )
         desired, current = desired | want, current | have
         recorded = statedir.record(tunnel.name)
-        switches, forwarding = _forwarding(kernel, recorded, tunnel, lease)
-        records += switches + _record_step(statedir, recorded, tunnel, lease, forwarding)
+        offs, ons, switched = _forwarding(kernel, recorded, tunnel, lease)
+        records += offs + _record_step(statedir, recorded, tunnel, lease, switched) + ons
     steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + records
     try:
         return run_steps(steps)
@@ -306,52 +307,74 @@ def _refuse_overlaps(kernel, tunnel, lease):
                 )
 
 
-def source_devices(kernel, tunnel):
-    """The devices the IPv4 source subnets are connected to (bridges, veths), where known."""
-    found = (kernel.nl.connected_device(net) for net in tunnel.sources if net.version == 4)
+def source_devices(kernel, tunnel, version):
+    """The devices the source subnets of IP *version* are connected to (bridges, veths), where known."""
+    found = (kernel.nl.connected_device(net) for net in tunnel.sources if net.version == version)
     return sorted({dev for dev in found if dev and dev != tunnel.device})
 
 
-def ipv6_forwarding(tunnel):
-    """net.ipv6.conf.all.forwarding (the admin's) where *tunnel* has IPv6 sources, else None."""
-    from vpnsplit import sysctl
+# the state file's field listing the devices whose forwarding a tunnel switched on, by IP version
+RECORDED = {4: "forwarding", 6: "forwarding6"}
+SWITCHED = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)"}
 
-    return sysctl.forwarding("all", sysctl.ROOT6) if any(n.version == 6 for n in tunnel.sources) else None
+
+def _forwarding_needed(kernel, tunnel, lease, version):
+    """The devices that must forward IP *version* for *tunnel*'s sources with *lease* (none
+    while down): where they arrive and the tunnel. IPv6: none if all.forwarding already
+    forwards everywhere, or if the kernel has no per-device switch (then it warns)."""
+    local = lease and (lease.local4 if version == 4 else lease.local6)
+    if local is None or not any(n.version == version for n in tunnel.sources):
+        return set()
+    if version == 6:
+        from vpnsplit import sysctl
+
+        if sysctl.all_forwarding6():
+            return set()
+        if not sysctl.per_device6():
+            log.warning("tunnel %s: IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1 "
+                        "(this kernel has no per-device net.ipv6.conf.DEV.force_forwarding, Linux 6.17+)", tunnel.name)
+            return set()
+    return {tunnel.device, *source_devices(kernel, tunnel, version)}
 
 
 def _forwarding(kernel, recorded, tunnel, lease):
-    """Steps for the IPv4 forwarding the source subnets need, and the devices switched on after them.
+    """(steps switching forwarding back off, steps switching it on, {version: devices switched on after them}).
 
-    Forwarding goes on where the sources arrive and on the tunnel (for replies), only where
-    it is off; down (lease None) switches back exactly the devices recorded as switched on."""
-    recorded = set(recorded.get("forwarding") or [])
-    if lease is not None and lease.local6 is not None and ipv6_forwarding(tunnel) is False:
-        log.warning("tunnel %s: IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1 "
-                    "(vpnsplit switches only IPv4 forwarding, per device)", tunnel.name)
-    need = set()
-    if lease is not None and lease.local4 is not None and any(n.version == 4 for n in tunnel.sources):
-        need = {tunnel.device, *source_devices(kernel, tunnel)}
-    steps, switched = [], recorded & need
-    if need == recorded:
-        return steps, switched  # the common case (no source subnets): not even sysctl is loaded
+    Forwarding goes on where it is needed and off, and is recorded as vpnsplit's; where it
+    is on already it is the admin's and stays. A recorded device found off (writing
+    net.ipv6.conf.all.forwarding = 0 resets force_forwarding) is switched on again. Devices
+    recorded but no longer needed (all of them on down) are switched back off.
+    The caller records before switching on and after switching off, so a run killed in
+    between leaves a record that claims too much, never too little: the next run
+    finds a claimed device off and switches it on, or finds it off already."""
+    offs, ons, switched = [], [], {4: set(), 6: set()}
+    if not tunnel.sources and not any(recorded.get(field) for field in RECORDED.values()):
+        return offs, ons, switched  # the common case (no source subnets): not even sysctl is loaded
     from vpnsplit import sysctl
 
-    for dev in sorted(need - recorded):
-        if sysctl.forwarding(dev) is False:
-            steps.append(Step(f"enable IPv4 forwarding on {dev}", lambda d=dev: sysctl.set_forwarding(d, True), lambda d=dev: sysctl.set_forwarding(d, False)))
-            switched.add(dev)
-    for dev in sorted(recorded - need):
-        steps.append(Step(f"switch IPv4 forwarding on {dev} back off", lambda d=dev: sysctl.set_forwarding(d, False), lambda d=dev: sysctl.set_forwarding(d, True)))
-    return steps, switched
+    for version, field in RECORDED.items():
+        was, need = set(recorded.get(field) or []), _forwarding_needed(kernel, tunnel, lease, version)
+        switched[version] = was & need
+        what = SWITCHED[version]
+        for dev in sorted(need):
+            if sysctl.switch(dev, version) is False:
+                ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: sysctl.set_switch(d, v, True),
+                                lambda d=dev, v=version: sysctl.set_switch(d, v, False)))
+                switched[version].add(dev)
+        for dev in sorted(was - need):
+            offs.append(Step(f"switch {what} on {dev} back off", lambda d=dev, v=version: sysctl.set_switch(d, v, False),
+                             lambda d=dev, v=version: sysctl.set_switch(d, v, True)))
+    return offs, ons, switched
 
 
-def _record_step(statedir, recorded, tunnel, lease, forwarding):
+def _record_step(statedir, recorded, tunnel, lease, switched):
     """The state-file step of a run (none if the *recorded* document is already right),
     undone by restoring the old files."""
     name = tunnel.name
     snap = statedir.snapshot(name)
-    if lease is not None and (statedir.load_quiet(name) != lease or set(recorded.get("forwarding") or []) != set(forwarding)):
-        return [Step("record state", lambda: statedir.save(name, lease, forwarding) or True, lambda: statedir.restore(name, snap))]
+    moved = any(set(recorded.get(field) or []) != switched[v] for v, field in RECORDED.items())
+    if lease is not None and (statedir.load_quiet(name) != lease or moved):
+        return [Step("record state", lambda: statedir.save(name, lease, switched) or True, lambda: statedir.restore(name, snap))]
     if lease is None and any(snap.values()):
         return [Step("forget state", lambda: statedir.forget(name) or True, lambda: statedir.restore(name, snap))]
     return []
@@ -409,7 +432,13 @@ def status(kernel, statedir, tunnel):
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     problems += _moved(kernel, tunnel, lease)
-    devices = [tunnel.device, *source_devices(kernel, tunnel)]
+    versions = sorted({n.version for n in tunnel.sources})
+    devices = [tunnel.device, *sorted({dev for v in versions for dev in source_devices(kernel, tunnel, v)})]
+    record = statedir.record(tunnel.name) if lease else {}
+    problems += [f"{SWITCHED[v]} on {dev} is off again, though vpnsplit switched it on (for IPv6, writing "
+                 f"net.ipv6.conf.all.forwarding = 0 resets it)"
+                 for v, field in RECORDED.items() for dev in record.get(field) or [] if sysctl.switch(dev, v) is False]
+    six = 6 in versions
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -426,8 +455,11 @@ def status(kernel, statedir, tunnel):
         "objects": objects,
         # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
         "rp_filter": {dev: sysctl.rp_filter(dev) for dev in devices},
-        "forwarding": {dev: sysctl.forwarding(dev) for dev in devices} if tunnel.sources else {},
-        "forwarding6": ipv6_forwarding(tunnel),
+        # whether what arrives on each device is forwarded: IPv4 per device; IPv6 all.forwarding or force_forwarding
+        "forwarding": {dev: sysctl.forwarding(dev, 4) for dev in devices} if 4 in versions else {},
+        "forwarding6": {dev: sysctl.forwarding(dev, 6) for dev in devices} if six else {},
+        "forwarding6_all": sysctl.all_forwarding6() if six else None,
+        "forwarding6_per_device": sysctl.per_device6() if six else None,
         "stale": stale,
         "in_sync": not problems,
         "problems": problems,

@@ -114,15 +114,18 @@ class StateDir:
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def save(self, name, lease, forwarding=()):
+    def save(self, name, lease, switched=None):
         """Record *lease* for tunnel *name* (NAME.json, and NAME.addr with the IPv4 address).
 
-        *forwarding* lists the devices whose IPv4 forwarding this tunnel switched on, so that
-        down switches exactly those back off."""
+        *switched* maps an IP version to the devices whose forwarding this tunnel switched
+        on ("forwarding": IPv4, "forwarding6": IPv6 force_forwarding), so that down switches
+        exactly those back off. A record written before "forwarding6" existed reads as none."""
+        switched = switched or {}
         doc = {
             "tunnel": name,
             "lease": lease.to_json(),
-            "forwarding": sorted(forwarding),
+            "forwarding": sorted(switched.get(4, ())),
+            "forwarding6": sorted(switched.get(6, ())),
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         self._write(self._file(name, "json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")

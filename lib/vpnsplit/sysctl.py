@@ -1,39 +1,72 @@
-"""Per-device IPv4 forwarding, read and written through /proc/sys (no sysctl(8), no shell).
+"""Per-device forwarding, read and written through /proc/sys (no sysctl(8), no shell).
 
-Forwarding from source subnets needs it on the device they arrive on and on the tunnel
-(for the replies). vpnsplit switches it on only there, and only where it was off, and
-records which devices it switched so that down switches exactly those back.
+Forwarding decides on the device a packet arrives on, so forwarded sources need it on the
+device they arrive on and on the tunnel (for the replies). vpnsplit switches it on only
+there, only where it was off, and records which devices it switched, so that down switches
+exactly those back.
 
-IPv6 forwarding is only read: it is net.ipv6.conf.all.forwarding, host-wide (it also stops
-the host accepting router advertisements unless accept_ra = 2), so it is the admin's to set.
+The per-device switch is net.ipv4.conf.DEV.forwarding for IPv4 and, for IPv6,
+net.ipv6.conf.DEV.force_forwarding (Linux 6.17+): net.ipv6.conf.DEV.forwarding is no
+switch at all (only all.forwarding forwards) and would stop DEV accepting router
+advertisements; force_forwarding leaves that alone. Writing net.ipv6.conf.all.forwarding
+= 0 (even when it is 0 already) resets force_forwarding on every device. Older kernels
+have only the host-wide all.forwarding, which vpnsplit reads and leaves to the admin.
 """
 
 import os
 
-ROOT = "/proc/sys/net/ipv4/conf"
-ROOT6 = "/proc/sys/net/ipv6/conf"
+PROC = "/proc/sys/net"
+# the per-device switch vpnsplit turns on for forwarded sources, by IP version
+SWITCH = {4: "forwarding", 6: "force_forwarding"}
 
 
-def _path(device, key, root=ROOT):
-    return os.path.join(root, device, key)
+def _path(version, device, key):
+    return os.path.join(PROC, f"ipv{version}", "conf", device, key)
 
 
-def forwarding(device, root=ROOT):
-    """True/False for *device*'s IPv4 (root=ROOT6: IPv6) forwarding; None if the device does not exist."""
+def _flag(version, device, key):
+    """True/False for net.ipvVERSION.conf.DEVICE.KEY; None if it does not exist."""
     try:
-        with open(_path(device, "forwarding", root)) as f:
+        with open(_path(version, device, key)) as f:
             return f.read().strip() == "1"
     except FileNotFoundError:
         return None
 
 
-def set_forwarding(device, on):
-    """Switch IPv4 forwarding on *device*. Returns True if it changed; a vanished device is not an error."""
-    if forwarding(device) in (None, on):
+def switch(device, version):
+    """The per-device forwarding switch of *device* for IP *version*; None if the device
+    (or, for IPv6 before Linux 6.17, the switch) does not exist."""
+    return _flag(version, device, SWITCH[version])
+
+
+def set_switch(device, version, on):
+    """Set *device*'s switch for IP *version* to *on*. Idempotent: returns True only if it
+    changed; a device that vanished (or a kernel without the switch) is not an error."""
+    if switch(device, version) in (None, on):
         return False
-    with open(_path(device, "forwarding"), "w") as f:
+    with open(_path(version, device, SWITCH[version]), "w") as f:
         f.write("1" if on else "0")
     return True
+
+
+def per_device6():
+    """True if this kernel has IPv6's per-device switch (force_forwarding, Linux 6.17+)."""
+    return switch("all", 6) is not None
+
+
+def all_forwarding6():
+    """net.ipv6.conf.all.forwarding: the host-wide IPv6 switch (the admin's)."""
+    return _flag(6, "all", "forwarding")
+
+
+def forwarding(device, version):
+    """Whether packets arriving on *device* are forwarded: for IPv4 its forwarding, for
+    IPv6 all.forwarding or its force_forwarding; None if the device does not exist."""
+    if version == 4:
+        return switch(device, 4)
+    if _flag(6, device, "forwarding") is None:
+        return None
+    return bool(all_forwarding6() or switch(device, 6))
 
 
 def rp_filter(device):
@@ -43,7 +76,7 @@ def rp_filter(device):
     values = []
     for dev in ("all", device):
         try:
-            with open(_path(dev, "rp_filter")) as f:
+            with open(_path(4, dev, "rp_filter")) as f:
                 values.append(int(f.read()))
         except (FileNotFoundError, ValueError):
             return None

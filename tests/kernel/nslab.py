@@ -77,6 +77,13 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
 """
 
+_FORWARDING = """
+import glob, json
+keys = ("forwarding", "force_forwarding")
+paths = [p for v in ("ipv4", "ipv6") for k in keys for p in glob.glob(f"/proc/sys/net/{v}/conf/*/{k}")]
+print(json.dumps({p[len("/proc/sys/net/"):].replace("/conf/", "/"): open(p).read().strip() for p in sorted(paths)}))
+"""
+
 
 def run(argv, check=False, env=None, timeout=60, input=None):
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout, input=input, check=check)
@@ -223,6 +230,11 @@ class NetnsLab:
     def send(self, address, port, proto="udp", source=None, payload="hello"):
         """Send *payload* (UDP datagram or TCP connection), optionally bound to *source*: "sent" or the errno name."""
         return self.exec(sys.executable, "-c", _SEND, proto, address, str(port), source or "", payload).stdout.strip()
+
+    def forwarding(self):
+        """Every forwarding switch in the namespace, read from its /proc: {"ipv6/ctr0/force_forwarding": "1", ...}
+        (IPv4 and IPv6 forwarding, IPv6 force_forwarding, of every device, all and default)."""
+        return json.loads(self.exec(sys.executable, "-c", _FORWARDING, check=True).stdout)
 
     def addresses(self, dev):
         return sorted(a[2] or a[1] for a in self.dump()["addresses"] if a[0] == dev)

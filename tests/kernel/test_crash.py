@@ -31,13 +31,26 @@ from tests.kernel.convergence import (
     up_provider,
     up_work,
 )
-from tests.kernel.nslab import REPO
+from tests.kernel.nslab import REPO, WORK
 
 PARALLEL = max(2, os.cpu_count() or 1)  # kill points tried at once, each in a namespace of its own
 
 
+# provider also forwards a container subnet of each family, so the runs switch IPv4 forwarding
+# and IPv6 force_forwarding (all.forwarding is 0 in a new namespace) on ctr0 and tun0
+SOURCES = 'sources = ["10.20.1.0/24", "fd20:1::/64"]\n'
+
+
 def base(ns):
-    ns.write_config(CONFIG)
+    ns.write_config(CONFIG.replace(WORK, SOURCES + WORK))
+    # the container's end stays in ns too; no link-local addresses, whose DAD would finish at any time
+    ns.ip("link", "add", "ctr0", "type", "veth", "peer", "name", "ctr1")
+    for dev in ("ctr0", "ctr1"):
+        ns.ip("link", "set", dev, "addrgenmode", "none")
+    ns.ip("addr", "add", "10.20.1.1/24", "dev", "ctr0")
+    ns.ip("-6", "addr", "add", "fd20:1::1/64", "dev", "ctr0", "nodad")
+    for dev in ("ctr0", "ctr1"):
+        ns.ip("link", "set", dev, "up")
     ns.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
     ns.add_tun("tun1", "10.9.0.6", peer="10.9.0.5")
     ok(up_work(ns))  # another tunnel is up throughout: no kill may disturb it
@@ -88,6 +101,11 @@ SCENARIOS = {
 CASES = [(s, r) for s, (_, _, recoveries) in SCENARIOS.items() for r in recoveries]
 
 
+def kernel(ns):
+    """The full dump plus every forwarding switch: a kill between switching and recording must not lose one."""
+    return {**canon(ns.dump()), "forwarding": ns.forwarding()}
+
+
 def explain(want, got):
     a = pprint.pformat(want, width=160).splitlines()
     b = pprint.pformat(got, width=160).splitlines()
@@ -106,7 +124,7 @@ def _kill_point(tmp_path, scenario, recovery, k):
         assert killed.returncode in SIGKILLED, f"kill after step {k}: rc {killed.returncode}: {killed.stderr}"
         assert (ns.state_dir / "lock").exists()  # the dead holder's lock file stays behind...
         ok(recoveries[recovery](ns, {"VPNSPLIT_LOCK_TIMEOUT": "0"}))  # ...and the next run gets it at its one try
-        return canon(ns.dump()), state_files(ns), killed.stderr
+        return kernel(ns), state_files(ns), killed.stderr
 
 
 @pytest.mark.parametrize("scenario,recovery", CASES, ids=[f"{s}-then-{r.replace(' ', '-')}" for s, r in CASES])
@@ -117,7 +135,7 @@ def test_sigkill_after_every_step_then_next_event_converges(tmp_path, scenario, 
             prefix(quick)
         logged = ok(event(ns, {})).stderr.strip().splitlines()
         ok(recoveries[recovery](ns, {}))
-        want_kernel, want_files = canon(ns.dump()), state_files(ns)
+        want_kernel, want_files = kernel(ns), state_files(ns)
 
     # The uninterrupted run logs each step it made plus one summary line: a first guess at the
     # number of steps. The kills decide: k = 1, 2, ... until a run is not killed because it
@@ -134,8 +152,8 @@ def test_sigkill_after_every_step_then_next_event_converges(tmp_path, scenario, 
     steps = min(n for n, r in results.items() if r is None) - 1
     assert steps >= 1, f"{scenario}: no step ran"
     for n in range(1, steps + 1):
-        kernel, files, log = results[n]
-        assert kernel == want_kernel, f"{scenario}, killed after step {n} ({log.splitlines()[-1:]}), then {recovery}:\n" + explain(want_kernel, kernel)
+        got, files, log = results[n]
+        assert got == want_kernel, f"{scenario}, killed after step {n} ({log.splitlines()[-1:]}), then {recovery}:\n" + explain(want_kernel, got)
         assert files == want_files, f"{scenario}, killed after step {n}, then {recovery}: state {files} != {want_files}"
     print(f"{scenario} then {recovery}: {steps} kill points")
 
@@ -166,10 +184,10 @@ def test_nft_table_unusable_on_first_up_rolls_back_everything(ns):
     base(ns)
     ns.exec("nft", "delete", "table", "inet", "vpnsplit")
     ns.nft(CONFLICTING_NFT)
-    before, files = canon(ns.dump()), state_files(ns)
+    before, files = kernel(ns), state_files(ns)
     last = _refused(up_provider(ns), "nft batch in table inet vpnsplit")
     assert "rolled back the" in last, last
-    assert canon(ns.dump()) == before
+    assert kernel(ns) == before
     assert state_files(ns) == files
 
 

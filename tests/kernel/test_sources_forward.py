@@ -63,7 +63,7 @@ def fam(request):
 
 
 def set_ipv6_forwarding(ns, on):
-    """The admin's part for IPv6 sources (Linux has no per-device IPv6 forwarding switch before 6.17)."""
+    """The host-wide IPv6 switch, the admin's (writing 0 also resets force_forwarding on every device)."""
     ns.exec("sysctl", "-qw", f"net.ipv6.conf.all.forwarding={int(on)}", check=True)
 
 
@@ -85,7 +85,7 @@ def world(ns, tmp_path):
         isp.ip("route", "add", "10.20.1.0/24", "via", "198.51.100.10")
         isp.ip("-6", "route", "add", "fd20:1::/64", "via", "2001:db8:51::10")
         ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
-        set_ipv6_forwarding(ns, True)  # what README asks of the admin for IPv6 sources
+        # IPv6 forwarding stays off host-wide (all.forwarding = 0): vpnsplit switches force_forwarding per device
         isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
                 " ip saddr { 10.20.1.0/24, 10.192.8.1 } ip daddr 192.0.2.80 counter\n"
                 " ip6 saddr { fd20:1::/64, fd10:192:8::1 } ip6 daddr 2001:db8:2::80 counter\n }\n}\n")
@@ -113,8 +113,9 @@ def received(listener_ns, address, port, sender, proto="udp", to=None, source=No
         listener.kill()
 
 
-def forwarding(ns, dev):
-    return ns.exec("cat", f"/proc/sys/net/ipv4/conf/{dev}/forwarding", check=True).stdout.strip()
+def forwarding(ns, dev, fam=4):
+    """The per-device switch vpnsplit uses for *fam*: IPv4 forwarding, IPv6 force_forwarding (read in the namespace)."""
+    return ns.forwarding()[f"ipv4/{dev}/forwarding" if fam == 4 else f"ipv6/{dev}/force_forwarding"]
 
 
 def test_alias_leaves_through_the_tunnel_and_fails_closed(world, fam):
@@ -135,30 +136,25 @@ def test_alias_leaves_through_the_tunnel_and_fails_closed(world, fam):
 
 def test_sources_leave_through_the_tunnel_snated_and_fail_closed(world, fam):
     ns, ctr, far, isp = world
-    assert forwarding(ns, "ctr0") == "0"
-    if fam.fam == 6:
-        set_ipv6_forwarding(ns, False)  # to see that vpnsplit says what the admin must set
+    assert forwarding(ns, "ctr0", fam.fam) == "0"
     up = ns.vpnsplit("up", "vpn")
     assert up.returncode == 0, up.stderr
     assert (PRIO + 3, fam.sources, TABLE, PROTO) in ns.rules(TABLE, fam.fam)
-    # IPv4: switched on where needed; IPv6: the admin's all.forwarding, named when it is off
-    assert forwarding(ns, "ctr0") == "1" and forwarding(ns, "vpn0") == "1"
-    if fam.fam == 6:
-        assert "set net.ipv6.conf.all.forwarding = 1" in up.stderr
-        assert "IPv6 forwarding (net.ipv6.conf.all.forwarding): off" in ns.vpnsplit("status").stdout
-        set_ipv6_forwarding(ns, True)
+    # forwarding switched on where needed: IPv4 forwarding, IPv6 force_forwarding
+    assert forwarding(ns, "ctr0", fam.fam) == "1" and forwarding(ns, "vpn0", fam.fam) == "1"
     # a container's datagram arrives at the far end as the tunnel address, never at the isp
     assert received(far, fam.internet, 5000, ctr) == ("sent", f"{fam.tunnel} hello")
     assert leaked(isp) == 0
     # ... and the LAN exception goes through the main table, un-NATed
     assert received(isp, fam.isp, 5001, ctr) == ("sent", f"{fam.ctr} hello")
     report = json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"][0]
-    assert report["rp_filter"] == {"vpn0": 1, "ctr0": 1} and report["forwarding"] == {"vpn0": True, "ctr0": True}
-    assert report["forwarding6"] is True
+    assert report["rp_filter"] == {"vpn0": 1, "ctr0": 1}
+    assert report["forwarding"] == report["forwarding6"] == {"vpn0": True, "ctr0": True}
     # tunnel down (strict): the container's traffic fails closed, nothing reaches the isp
     assert ns.vpnsplit("down", "vpn").returncode == 0
-    assert forwarding(ns, "ctr0") == "0" and forwarding(ns, "vpn0") == "0"
-    ns.exec("sysctl", "-qw", "net.ipv4.conf.ctr0.forwarding=1", check=True)  # even with forwarding forced back on
+    assert forwarding(ns, "ctr0", fam.fam) == "0" and forwarding(ns, "vpn0", fam.fam) == "0"
+    # even with forwarding forced back on
+    ns.exec("sysctl", "-qw", f"net.ipv{fam.fam}.conf.ctr0.{'forwarding' if fam.fam == 4 else 'force_forwarding'}=1", check=True)
     for _ in range(3):
         ctr.send(fam.internet, 5000)
     assert leaked(isp) == 0
@@ -167,6 +163,68 @@ def test_sources_leave_through_the_tunnel_snated_and_fail_closed(world, fam):
     ns.ip(f"-{fam.fam}", "rule", "del", "priority", str(PRIO + 3))
     ctr.send(fam.internet, 5000)
     assert leaked(isp) >= 1
+
+
+def recorded(ns):
+    return json.loads((ns.state_dir / "vpn.json").read_text())
+
+
+def test_ipv6_forwarding_switched_per_device_only_where_needed(world):
+    """all.forwarding = 0: up switches force_forwarding on where IPv6 sources need it and was off,
+    down switches exactly that back; the admin's switch, and RA acceptance (forwarding), stay."""
+    ns, ctr, far, isp = world
+    ns.exec("sysctl", "-qw", "net.ipv6.conf.vpn0.force_forwarding=1", check=True)  # the admin's, before vpnsplit
+    before = ns.forwarding()
+    assert before["ipv6/all/forwarding"] == "0" and before["ipv6/ctr0/force_forwarding"] == "0"
+    # the far end is connected (main table): only forwarding stops the container reaching it
+    assert received(far, "fd08::1", 5010, ctr, "tcp")[1] == "nothing"
+    up = ns.vpnsplit("up", "vpn")
+    assert up.returncode == 0, up.stderr
+    assert "enable IPv6 forwarding (force_forwarding) on ctr0" in up.stderr and "(force_forwarding) on vpn0" not in up.stderr
+    after = ns.forwarding()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert changed == {"ipv4/ctr0/forwarding": ("0", "1"), "ipv4/vpn0/forwarding": ("0", "1"), "ipv6/ctr0/force_forwarding": ("0", "1")}
+    assert recorded(ns)["forwarding6"] == ["ctr0"]  # vpn0 was on already: the admin's
+    # a TCP handshake needs both ways forwarded: ctr0 in, the replies in through vpn0
+    assert received(far, "fd08::1", 5010, ctr, "tcp") == ("sent", "fd08::2 hello")
+    assert received(far, "2001:db8:2::80", 5011, ctr, "tcp") == ("sent", "fd08::2 hello")
+    report = json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"][0]
+    assert (report["forwarding6"], report["forwarding6_all"], report["forwarding6_per_device"]) == ({"vpn0": True, "ctr0": True}, False, True)
+    assert "rp_filter on ctr0: strict, forwarding on, IPv6 forwarding on (force_forwarding)" in ns.vpnsplit("status").stdout
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert ns.forwarding() == before  # ctr0 back off, the admin's vpn0 still on
+    assert received(far, "fd08::1", 5014, ctr, "tcp")[1] == "nothing"  # a port of its own: 5010's socket may be in TIME_WAIT
+
+
+def test_ipv6_forwarding_reset_by_all_forwarding_is_reported_and_repaired(world):
+    """Writing net.ipv6.conf.all.forwarding = 0 resets every force_forwarding: check exits 3
+    naming the device vpnsplit had switched, and up switches it on again."""
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    set_ipv6_forwarding(ns, False)  # as `sysctl --system` with all.forwarding = 0 in a file would
+    assert forwarding(ns, "ctr0", 6) == forwarding(ns, "vpn0", 6) == "0"
+    assert received(far, "fd08::1", 5012, ctr, "tcp")[1] == "nothing"
+    check = ns.vpnsplit("check", "vpn")
+    assert check.returncode == 3, check.stderr
+    assert "IPv6 forwarding (force_forwarding) on ctr0 is off again" in check.stderr, check.stderr
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("check", "vpn").returncode == 0
+    assert received(far, "fd08::1", 5012, ctr, "tcp") == ("sent", "fd08::2 hello")
+    assert recorded(ns)["forwarding6"] == ["ctr0", "vpn0"]
+
+
+def test_ipv6_forwarding_on_host_wide_switches_nothing(world):
+    """all.forwarding = 1 (the admin's): vpnsplit switches no force_forwarding and records none."""
+    ns, ctr, far, isp = world
+    set_ipv6_forwarding(ns, True)
+    before = ns.forwarding()
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert {k: v for k, v in ns.forwarding().items() if k.startswith("ipv6/")} == {k: v for k, v in before.items() if k.startswith("ipv6/")}
+    assert recorded(ns)["forwarding6"] == []
+    assert received(far, "fd08::1", 5013, ctr, "tcp") == ("sent", "fd08::2 hello")
+    assert "IPv6 forwarding on (all.forwarding)" in ns.vpnsplit("status").stdout
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert ns.forwarding() == before
 
 
 def test_sources_reach_the_lan_only_if_the_config_says_so(world, fam):
