@@ -92,7 +92,10 @@ def render(r):
             f"* The floor is {d['floor_ms_above_bare_python']:.0f} ms above a bare `python -I -c pass`.",
             "",
             "The hook's own cost timed inside the process (bench/cold.py INPROCESS: import pyroute2, nftables, filelock; "
-            "then time `from vpnsplit import hooks` and `hooks.main(['up', ...six args])`; first apply, reset before each):",
+            "then time `from vpnsplit import hooks` and `hooks.main(['up', ...six args])`; first apply, reset before each). "
+            "The hook's stderr (one line per change, 9 on a first apply) goes to a file, as with OpenVPN's `--log`; the last "
+            "row is the same run, interleaved, with stderr through a pipe the bench driver reads (how earlier rounds measured "
+            "it): each line can then wake the driver, which on this loaded 2-CPU host may preempt the hook:",
             "",
             _table(c["inprocess"]),
             "",
