@@ -57,10 +57,10 @@ def render(r):
         "",
         "## Goals",
         "",
-        "| # | goal | measured | |",
-        "|---|---|---|---|",
+        "| # | goal | measured | | why, and what would close it |",
+        "|---|---|---|---|---|",
     ]
-    out += [f"| {g['n']} | {g['goal']} | {g['measured']} | {_goal(g['ok'])} |" for g in r["goals"]]
+    out += [f"| {g['n']} | {g['goal']} | {g['measured']} | {_goal(g['ok'])} | {g.get('why', '')} |" for g in r["goals"]]
     out.append("")
 
     c = r.get("1_cold")
@@ -92,7 +92,10 @@ def render(r):
             f"* The floor is {d['floor_ms_above_bare_python']:.0f} ms above a bare `python -I -c pass`.",
             "",
             "The hook's own cost timed inside the process (bench/cold.py INPROCESS: import pyroute2, nftables, filelock; "
-            "then time `from vpnsplit import hooks` and `hooks.main(['up', ...six args])`; first apply, reset before each):",
+            "then time `from vpnsplit import hooks` and `hooks.main(['up', ...six args])`; first apply, reset before each). "
+            "The hook's stderr (one line per change, 9 on a first apply) goes to a file, as with OpenVPN's `--log`; the last "
+            "row is the same run, interleaved, with stderr through a pipe the bench driver reads (how earlier rounds measured "
+            "it): each line can then wake the driver, which on this loaded 2-CPU host may preempt the hook:",
             "",
             _table(c["inprocess"]),
             "",
@@ -187,9 +190,19 @@ def render(r):
             "",
             _table(p["throughput"], unit="Gbit/s", fmt=lambda x: f"{x:.2f}"),
             "",
-            "New TCP connections per second (`bench/connrate.py`: connect from the source, RST-close, 2 s per sample):",
+            f"New TCP connections per second (`bench/connrate.py`: connect from the source, RST-close, {p['conn_seconds']:g} s per sample). "
+            "The last four rows attribute what 100 tunnels cost (bench/packet.py's docstring): *first* moves tun0's rules "
+            "before the other 99 tunnels' (priority 990), *rules* keeps all 100 tunnels' rules but only tun0's nft elements, "
+            "*nft* keeps all nft elements but only tun0's rules, *no reverse-path lookup* is *100 tunnels* with accept_local "
+            "on tun0 (a diagnostic, not a fix). Each variant's client namespace holds (IPv4 rules / nft elements): "
+            + ", ".join(f"{k} {v['ipv4_rules']}/{v['nft_elements']}" for k, v in ck["census"].items()) + ".",
             "",
             _table(p["connections"], unit="conn/s", fmt=lambda x: f"{x:.0f}"),
+            "",
+            "CPU time of the connecting process per connection (user+system from getrusage; the handshake's softirq work "
+            "on the client side runs in its context over veth), the figure that load from other sessions hardly moves:",
+            "",
+            _table(p["cpu_per_connection"], unit="CPU µs", fmt=lambda x: f"{x:.2f}"),
             "",
         ]
         out += _derived_and_commands(p, lambda v: f"{v:.3f}")
