@@ -80,17 +80,26 @@ def cmd_default(args, cfg):
             raise InputError(f"vpnsplit default: no [tunnel.*] section in {config.shown(cfg.path)} says default = true; "
                              f"name the tunnel (vpnsplit default NAME) or add default = true to one")
     with runner.session() as (kernel, statedir):
-        targets = []
         if tunnel is None:
-            default = engine.OFF
+            default, targets = engine.OFF, []
         elif kernel.nl.link_index(tunnel.device) is None:
-            default = (tunnel, None)  # not connected: with strict, a kill switch until it is
+            # not connected: the tunnel goes down with it, so that with strict its table's
+            # unreachable default is there and 32003 is a kill switch, not a rule into nothing
+            default = (tunnel, None)
+            targets = [default]
         else:
             # the tunnel itself too, so its record holds the servers read now (check compares with it)
             default = (tunnel, _current_lease(kernel, statedir, tunnel, servers=True))
             targets = [default]
-        changes = engine.converge(kernel, statedir, targets, default)
+        # the choice first: a run killed after it leaves drift `check` reports and a re-run
+        # mends; killed before, the old choice's next hook would quietly undo this command
+        previous = statedir.default_choice()
         statedir.choose_default("" if tunnel is None else tunnel.name)
+        try:
+            changes = engine.converge(kernel, statedir, targets, default)
+        except BaseException:
+            statedir.choose_default(previous)
+            raise
     what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
     log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")
 

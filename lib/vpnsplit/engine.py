@@ -261,13 +261,16 @@ def _default_rules(kernel, default, current):
     """The desired rules of the host-wide default VPN (none for OFF), given its *current* ones.
 
     The server exceptions come from the config, the lease (OpenVPN's trusted_ip, the
-    WireGuard endpoints, read at up) and, while the tunnel is down, the exceptions in
-    place: a reconnecting client must still reach its server through the kill switch.
+    WireGuard endpoints, read at up) and, while the tunnel is down or its client names no
+    server, the exceptions in place: a reconnecting client must still reach its server
+    through the kill switch.
     """
     if default == OFF:
         return plan.State()
     tunnel, lease = default
-    servers = {*tunnel.servers, *(lease.servers if lease else plan.default_servers(current, tunnel))}
+    # a client that names no server (a wedged wireguard-go) keeps the exceptions in place:
+    # dropping them would loop its packets into its own tunnel
+    servers = {*tunnel.servers, *((lease and lease.servers) or plan.default_servers(current, tunnel))}
     if not servers and (lease is not None or tunnel.strict):
         log.warning("tunnel %s: no VPN server address known (OpenVPN trusted_ip, the WireGuard endpoint, or servers = [...] "
                     "in the config): %s", tunnel.name,

@@ -142,7 +142,13 @@ class StateDir:
             return None
 
     def choose_default(self, name):
-        self._write(os.path.join(self.path, "default"), f"{name}\n")
+        """Record *name* as the default VPN ("" for --off; None forgets any choice, so the
+        config's `default = true` chooses again)."""
+        path = os.path.join(self.path, "default")
+        if name is None:
+            self._unlink(path)
+        else:
+            self._write(path, f"{name}\n")
 
     def forget(self, name):
         """Remove the records of tunnel *name* (after down)."""

@@ -144,3 +144,50 @@ def test_status_and_check_cover_the_default_vpn(world):
     assert ns.vpnsplit("check").returncode == 0
     assert ns.vpnsplit("default", "--off").returncode == 0
     assert ns.vpnsplit("check").returncode == 0 and "default VPN" not in ns.vpnsplit("status").stdout
+
+
+def test_default_before_the_first_connect_is_a_kill_switch_at_once(world, fam):
+    """`vpnsplit default NAME` while the tunnel's device does not exist yet (at boot, say): its
+    strict skeleton goes in with the rules, so 32003 leads to `unreachable`, not to an empty table
+    the lookup falls through."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG.replace('device   = "vpn0"', 'device   = "vpn9"'))
+    count = udp_counter(isp)
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    assert (32003, "all", TABLE, 118) in ns.rules(family=fam.fam)
+    assert ns.send(fam.internet, 6000) in ("EHOSTUNREACH", "ENETUNREACH")
+    assert count() == 0
+    assert ns.vpnsplit("check").returncode == 0
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    assert ns.send(fam.internet, 6000) == "sent" and count() == 1  # control: the counter sees it now
+
+
+def test_a_refused_default_keeps_the_previous_choice(world):
+    """The choice is recorded before the kernel changes and put back when the kernel refuses
+    a step: a map of another type sits where vpnsplit's snat4 belongs."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    ns.exec("nft", "delete", "table", "inet", "vpnsplit", check=False)
+    ns.nft("table inet vpnsplit {\n map snat4 {\n type ipv4_addr : ipv4_addr\n elements = { 192.0.2.1 : 192.0.2.2 }\n }\n}\n")
+    before = ns.dump()
+    proc = ns.vpnsplit("default", "vpn")
+    assert proc.returncode == 1 and "nft batch in table inet vpnsplit" in proc.stderr, proc.stderr
+    assert (ns.state_dir / "default").read_text() == "\n"  # still --off
+    assert ns.dump() == before
+
+
+def test_a_default_killed_midway_leaves_its_choice_for_check_and_a_rerun(world):
+    """Killed after its first kernel step, `vpnsplit default NAME` has already recorded the
+    choice: `check` reports the half-made rules and the tunnel's next run finishes them (the
+    old choice's hooks can no longer quietly undo the command)."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "--off").returncode == 0
+    assert ns.vpnsplit("default", "vpn", env={"VPNSPLIT_TEST_KILL_AFTER": "1"}).returncode == -9
+    assert (ns.state_dir / "default").read_text() == "vpn\n"
+    assert ns.vpnsplit("check").returncode == 3
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("check").returncode == 0
+    assert [r[0] for r in ns.rules(family=4) if r[0] in range(32000, 32004)] == [32000, 32001, 32002, 32003]

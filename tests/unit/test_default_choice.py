@@ -150,3 +150,30 @@ def test_an_error_answer_keeps_the_lease_and_warns(tmp_path, monkeypatch, caplog
     assert wgpeers.with_endpoints(NotWireGuard(), lease) is lease
     assert "cannot read the WireGuard endpoints (answer ended with errno=1)" in caplog.text
     thread.join()
+
+
+class _Kernel:
+    """What engine._default_rules asks of the kernel: the uplink's addresses."""
+
+    class nl:
+        @staticmethod
+        def uplink_addresses():
+            return [ipaddress.ip_address("198.51.100.10")]
+
+
+def test_a_client_naming_no_server_keeps_the_exceptions_in_place():
+    """wg-up with a wedged wireguard-go reads no endpoint: the server exception already in
+    place must stay, or the client's own packets would loop into its tunnel."""
+    from vpnsplit import engine
+    from vpnsplit.lease import Lease
+
+    tunnel = config.parse({"tunnel": {"vpn": {"device": "wg0", "id": 3}}}).tunnels["vpn"]
+    lease = Lease(device="wg0", local4=ipaddress.ip_interface("10.9.0.2/24"), servers=(ipaddress.ip_address("203.0.113.7"),))
+    current = engine._default_rules(_Kernel, (tunnel, lease), plan.State())
+    exceptions = {r.dst for r in current.rules if r.priority == plan.DEFAULT_PRIORITY + 2}
+    assert exceptions == {"203.0.113.7/32"}
+    unread = engine._default_rules(_Kernel, (tunnel, lease._replace(servers=())), current)
+    assert {r.dst for r in unread.rules if r.priority == plan.DEFAULT_PRIORITY + 2} == exceptions
+    # a client that does name its server replaces the old exception
+    moved = engine._default_rules(_Kernel, (tunnel, lease._replace(servers=(ipaddress.ip_address("203.0.113.9"),))), current)
+    assert {r.dst for r in moved.rules if r.priority == plan.DEFAULT_PRIORITY + 2} == {"203.0.113.9/32"}
