@@ -162,10 +162,11 @@ def inprocess(ns, t, runs):
     return {k: stats(v) for k, v in parts.items()}
 
 
-def _inprocess_once(ns, t, stderr_to_file):
+def _inprocess_once(ns, t, stderr_to_file, code=INPROCESS):
+    """One cold first apply in-process (*code*: a probe that prints one JSON line; bench/attribute.py passes its own)."""
     scene.reset_all(ns, [t])
     with open(ns.tmp / "hook.log", "w") as log, ns.inside():
-        p = subprocess.run([scene.PY, "-I", "-c", INPROCESS, "up", *t.six()], env=t.ovpn_env(ns), text=True,
+        p = subprocess.run([scene.PY, "-I", "-c", code, "up", *t.six()], env=t.ovpn_env(ns), text=True,
                            stdout=subprocess.PIPE, stderr=log if stderr_to_file else subprocess.PIPE, timeout=60)
     if p.returncode != 0:
         raise RuntimeError(f"INPROCESS hook up: exit {p.returncode}: {(ns.tmp / 'hook.log').read_text()[-800:]}{p.stderr or ''}")
