@@ -3,6 +3,8 @@ tunnel, for IPv4 and IPv6 alike (the `fam` fixture)."""
 
 import json
 
+import pytest
+
 from tests.kernel.test_sources_forward import TABLE, fam, received, world  # noqa: F401 (fixtures)
 
 CONFIG = """
@@ -144,3 +146,20 @@ def test_status_and_check_cover_the_default_vpn(world):
     assert ns.vpnsplit("check").returncode == 0
     assert ns.vpnsplit("default", "--off").returncode == 0
     assert ns.vpnsplit("check").returncode == 0 and "default VPN" not in ns.vpnsplit("status").stdout
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6 part 3: the IPv6 rule 32001 (from the uplink address) outlives a crashed client and lets the retried lookup out in the clear")
+def test_ipv6_kill_switch_holds_when_the_client_dies_without_down(world):
+    """The VPN client is SIGKILLed: its device vanishes with its routes, no down hook runs, every
+    rule of ours stays. An unbound IPv6 socket must still meet the kill switch: the kernel retries
+    the failed lookup with the uplink address as source, and no rule may let that out."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    assert received(far, "2001:db8:2::80", 5004, ns) == ("sent", "fd08::2 hello")  # through the tunnel while up
+    count = udp_counter(isp)
+    ns.ip("link", "del", "vpn0")  # the crash: no down hook
+    assert ns.send("2001:db8:2::80", 6000) in ("EHOSTUNREACH", "ENETUNREACH")
+    assert count() == 0
+    assert received(isp, "2001:db8:51::1", 5005, ns) == ("sent", "2001:db8:51::10 hello")  # the LAN still works
