@@ -114,7 +114,8 @@ def carried(lab, addrs):
 def killed(lab):
     """Client stopped, strict: unbound traffic of both families is refused at once, the isp sees
     none of it; the LAN and inbound IPv4 connections to the uplink address still work (IPv6 ones
-    are not answered while the tunnel is down: README, rule 32001)."""
+    are not answered while the tunnel is down: their reply's first route lookup meets the kill
+    switch before the reply mark could send it to main, README, rule 32001)."""
     def probe():
         found = [Check(f"{proto.upper()} from an unbound IPv{f} socket with the tunnel down", " or ".join(UNREACHABLE), seen,
                        passed=seen in UNREACHABLE)

@@ -74,8 +74,9 @@ class Kernel:
         return self._rules
 
     def observe_default(self):
-        """The host-wide default VPN's rules: vpnsplit's rules at its priorities."""
-        return plan.State(rules=frozenset(r for r in self.our_rules() if r.priority in plan.DEFAULT_PRIORITIES))
+        """The host-wide default VPN's objects: vpnsplit's rules at its priorities, its reply marking."""
+        replies = frozenset(e for e in self.nat_view()[1] if isinstance(e, plan.ReplyMark))
+        return plan.State(rules=frozenset(r for r in self.our_rules() if r.priority in plan.DEFAULT_PRIORITIES), nft=replies)
 
     def observe(self, tunnel):
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
@@ -89,7 +90,8 @@ class Kernel:
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
         intact, entries = self.nat_view()
         # every nft entry names the tunnel device it is about, and devices are unique per tunnel
-        nft = frozenset(e for e in entries if e.device == tunnel.device)
+        # (the default VPN's ReplyMark names its tunnel too, but is observe_default's)
+        nft = frozenset(e for e in entries if e.device == tunnel.device and not isinstance(e, plan.ReplyMark))
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 
@@ -411,11 +413,12 @@ def default_status(kernel, statedir, tunnels):
     tunnel = default_tunnel(statedir, tunnels)
     current = kernel.observe_default()
     desired = plan.State() if tunnel is None else _default_rules(kernel, (tunnel, statedir.load_quiet(tunnel.name)), current)
-    if not desired.rules and not current.rules:
+    if not desired.objects() and not current.objects():
         return None
     d = plan.diff(desired, current)
-    objects = [{"object": str(r), "present": r not in d.add.rules} for r in sorted(desired.rules)]
-    stale = [str(r) for r in sorted(d.remove.rules)]
+    missing = set(d.add.objects())
+    objects = [{"object": str(o), "present": o not in missing} for o in desired.objects()]
+    stale = [str(o) for o in d.remove.objects()]
     problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {r}" for r in stale]
     return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
 

@@ -14,24 +14,31 @@
             dnat ip to ip daddr . iifname map @dnatall4 }
         chain prerouting { type filter hook prerouting priority raw;
             ip daddr @guard_addr4 ip daddr . iifname != @guard_path4 fib saddr type != local drop }
+        # only while the default VPN is on (plan.ReplyMark; vpn0 its tunnel, 0x10000000 plan.REPLY_MARK):
+        chain replies_in { type filter hook input priority filter;
+            meta nfproto ipv6 ct state new iifname != "vpn0" ct mark set ct mark or 0x10000000 }
+        chain replies_out { type route hook output priority mangle;
+            meta nfproto ipv6 ct mark and 0x10000000 != 0 meta mark set meta mark or 0x10000000 }
     }
 
 A packet costs one lookup per chain however many tunnels exist, and a tunnel's change of
 address is elements replaced inside one transaction. SNAT matches the output interface so
 the alias is never rewritten onto another path (seed 003 on NAT ordering); the guard is
-wg-quick's anti-spoofing rule. We own this table whole and touch nothing outside it.
+wg-quick's anti-spoofing rule. The reply chains mark the default VPN's IPv6 replies for
+rule 32001; a route chain because only there does a changed packet mark make the kernel look
+the route up again. We own this table whole and touch nothing outside it.
 """
 
 import json
 
 from vpnsplit.errors import KernelError
-from vpnsplit.plan import Dnat, Guard, Snat
+from vpnsplit.plan import REPLY_MARK, Dnat, Guard, ReplyMark, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
 PROTO = {4: "ip", 6: "ip6"}
 ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
-SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY = 100, -100, -300
+SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY, MANGLE_PRIORITY, FILTER_PRIORITY = 100, -100, -300, -150, 0
 
 
 class NftError(KernelError):
@@ -88,6 +95,47 @@ CHAINS = {
 }
 
 
+# The default VPN's reply marking (plan.ReplyMark): chains that exist only while it is on.
+REPLY_CHAINS = {"replies_in": ("filter", "input", FILTER_PRIORITY), "replies_out": ("route", "output", MANGLE_PRIORITY)}
+_IIFNAME = {"meta": {"key": "iifname"}}
+
+
+def _reply_rules(device):
+    """chain name -> the one rule of that reply chain, for the default VPN's tunnel *device*."""
+    ipv6 = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}
+    ct, meta = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
+    return {
+        "replies_in": [ipv6, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                       {"match": {"op": "!=", "left": _IIFNAME, "right": device}},
+                       {"mangle": {"key": ct, "value": {"|": [ct, REPLY_MARK]}}}],
+        "replies_out": [ipv6, {"match": {"op": "!=", "left": {"&": [ct, REPLY_MARK]}, "right": 0}},
+                        {"mangle": {"key": meta, "value": {"|": [meta, REPLY_MARK]}}}],
+    }
+
+
+def _reply_cmds(verb, entry):
+    """Add (replacing whatever the chains hold) or delete (absent is fine) the reply chains."""
+    cmds = []
+    for name, expr in _reply_rules(entry.device).items():
+        ctype, hook, prio = REPLY_CHAINS[name]
+        cmds.append({"add": _obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
+        if verb == "add":
+            cmds += [{"flush": _obj("chain", name=name)}, {"add": _obj("rule", chain=name, expr=expr)}]
+        else:
+            cmds.append({"delete": _obj("chain", name=name)})
+    return cmds
+
+
+def _reply_mark(chains, rules):
+    """The ReplyMark that the reply chains stand for, or None unless both hold exactly their rule."""
+    if not set(REPLY_CHAINS) <= chains or len(rules["replies_in"]) != 1:
+        return None
+    device = next((e["match"]["right"] for e in rules["replies_in"][0] if e.get("match", {}).get("left") == _IIFNAME), None)
+    if not isinstance(device, str) or any(rules[name] != [expr] for name, expr in _reply_rules(device).items()):
+        return None
+    return ReplyMark(6, device)
+
+
 def _sets():
     """name -> (key type, map data type or None, flags) for every set and map of the table."""
     out = {}
@@ -142,6 +190,9 @@ def _source(key):
 def _element_cmds(verb, entries):
     cmds = []
     for entry in sorted(entries, key=repr):
+        if isinstance(entry, ReplyMark):
+            cmds += _reply_cmds(verb, entry)
+            continue
         for name, elem in _elements(entry):
             if verb == "delete" and isinstance(elem, list):
                 elem = elem[0]  # a map element is deleted by its key
@@ -175,13 +226,14 @@ class NatTable:
         return out
 
     def observe(self):
-        """(skeleton_intact, every Snat and Guard in the table). A missing table: (False, set())."""
+        """(skeleton_intact, every Snat, Dnat, Guard and ReplyMark in the table). A missing table: (False, set())."""
         try:
             out = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
         except NftError:
             return False, set()
         items = out["nftables"] if isinstance(out, dict) else json.loads(out)["nftables"]
-        contents, sets, chains, rules = {}, set(), set(), {name: [] for name in CHAINS}
+        every_chain = {name: spec[:3] for name, spec in CHAINS.items()} | REPLY_CHAINS
+        contents, sets, chains, rules = {}, set(), set(), {name: [] for name in every_chain}
         for item in items:
             kind, body = next(iter(item.items()))
             if kind in ("set", "map") and body["name"] in SETS:
@@ -190,14 +242,14 @@ class NatTable:
                     sets.add(body["name"])
                     # only a set of our type holds our entries (another's elements don't parse as ours)
                     contents[body["name"]] = body.get("elem", [])
-            elif kind == "chain" and body["name"] in CHAINS:
-                ctype, hook, prio, _ = CHAINS[body["name"]]
-                if (body.get("type"), body.get("hook"), body.get("prio")) == (ctype, hook, prio):
+            elif kind == "chain" and body["name"] in every_chain:
+                if (body.get("type"), body.get("hook"), body.get("prio")) == every_chain[body["name"]]:
                     chains.add(body["name"])
             elif kind == "rule" and body.get("chain") in rules:
                 rules[body["chain"]].append(body["expr"])
-        intact = sets == set(SETS) and chains == set(CHAINS) and all(rules[n] == _rules(n) for n in CHAINS)
-        return intact, _entries(contents)
+        intact = set(CHAINS) <= chains and sets == set(SETS) and all(rules[n] == _rules(n) for n in CHAINS)
+        reply = _reply_mark(chains, rules)
+        return intact, _entries(contents) | ({reply} if reply else set())
 
     def change(self, add, remove, intact, current):
         """Apply one atomic batch adding and removing entries, repairing the skeleton if needed.

@@ -139,10 +139,10 @@ class Netlink:
         every rule in the kernel (1.6 s with 10,000 foreign rules)."""
         out = []
         for fam in (4, 6):
-            for priority, table, src, src_len, dst, dst_len, suppress in nldump.rules(AF[fam], PROTO):
+            for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask in nldump.rules(AF[fam], PROTO):
                 src = f"{src}/{src_len}" if src else DEFAULT_DST[fam]
                 dst = f"{dst}/{dst_len}" if dst else ""
-                out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress))
+                out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress, fwmark or 0, fwmask or 0))
         return out
 
     def table_routes(self, table):
@@ -290,6 +290,8 @@ def _rule_spec(rule):
         spec.update(src=addr, src_len=int(length))
     if rule.suppress >= 0:
         spec["suppress_prefixlen"] = rule.suppress
+    if rule.fwmask:
+        spec.update(fwmark=rule.fwmark, fwmask=rule.fwmask)
     if rule.dst:
         dst, _, dst_len = rule.dst.partition("/")
         spec.update(dst=dst, dst_len=int(dst_len))

@@ -28,7 +28,7 @@ NETLINK_ROUTE, SOL_NETLINK, NETLINK_GET_STRICT_CHK = 0, 270, 12
 RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE = 20, 22, 24, 26, 32, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_PROTOCOL = 1, 2, 6, 14, 15, 21
+FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 1, 2, 6, 10, 14, 15, 16, 21
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLA_TYPE_MASK = 0x3FFF
@@ -43,10 +43,12 @@ _U32 = struct.Struct("=I")
 
 def rules(family, proto):
     """Every rule of *family* (socket.AF_INET/AF_INET6) whose protocol is *proto*, as
-    (priority, table, src or None, src_len, dst or None, dst_len, suppress_prefixlen or None) in dump order.
+    (priority, table, src or None, src_len, dst or None, dst_len, suppress_prefixlen or None,
+    fwmark or None, fwmask or None) in dump order.
 
     priority is 0 when the kernel leaves FRA_PRIORITY out (it does for priority 0), and
-    table None when it leaves out FRA_TABLE, as pyroute2's get_attr would give.
+    table None when it leaves out FRA_TABLE, as pyroute2's get_attr would give; a rule
+    without fwmark has neither FRA_FWMARK nor FRA_FWMASK.
     """
     needle = _NLA.pack(5, FRA_PROTOCOL) + bytes([proto])
     out = []
@@ -59,7 +61,8 @@ def rules(family, proto):
         fam, dst_len, src_len = buf[off + 16], buf[off + 17], buf[off + 18]
         suppress = _u32(attrs, FRA_SUPPRESS_PREFIXLEN)
         suppress = None if suppress == 0xFFFFFFFF else suppress
-        out.append((_u32(attrs, FRA_PRIORITY) or 0, _u32(attrs, FRA_TABLE), _addr(fam, attrs, FRA_SRC), src_len, _addr(fam, attrs, FRA_DST), dst_len, suppress))
+        out.append((_u32(attrs, FRA_PRIORITY) or 0, _u32(attrs, FRA_TABLE), _addr(fam, attrs, FRA_SRC), src_len, _addr(fam, attrs, FRA_DST), dst_len, suppress,
+                    _u32(attrs, FRA_FWMARK), _u32(attrs, FRA_FWMASK)))
     return out
 
 

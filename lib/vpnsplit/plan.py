@@ -22,10 +22,15 @@ DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 MAIN_TABLE = 254
+# The conntrack and packet mark bit of the default VPN's IPv6 replies (see ReplyMark). Chosen
+# clear of the well-known users: kube-proxy 0x4000/0x8000, Tailscale and OpenWrt pbr 0xff0000,
+# wg-quick's fwmark 0xca6c, mwan3 0x3f00, Cilium's 0x0f00 (Calico's default mask 0xffff0000
+# overlaps it). vpnsplit only ORs it in and tests it, other bits are left alone.
+REPLY_MARK = 0x10000000
 
 
 class Rule(NamedTuple):
-    """`ip rule add from SRC [to DST] lookup TABLE priority PRIORITY proto 118`."""
+    """`ip rule add from SRC [to DST] [fwmark MARK/MASK] lookup TABLE priority PRIORITY proto 118`."""
 
     family: int
     priority: int
@@ -33,11 +38,15 @@ class Rule(NamedTuple):
     src: str  # a prefix, e.g. "10.8.0.2/32"
     dst: str = ""  # a prefix, or "" for any destination
     suppress: int = -1  # suppress_prefixlength, or -1 for none
+    # last, with defaults: a rule without a mark compares, sorts and prints as before
+    fwmark: int = 0
+    fwmask: int = 0  # 0: no fwmark selector (the kernel reports neither then)
 
     def __str__(self):
         to = f" to {self.dst}" if self.dst else ""
+        mark = f" fwmark {self.fwmark:#x}/{self.fwmask:#x}" if self.fwmask else ""
         suppress = f" suppress_prefixlength {self.suppress}" if self.suppress >= 0 else ""
-        return f"rule from {self.src}{to} lookup {self.table}{suppress} priority {self.priority}"
+        return f"rule from {self.src}{to}{mark} lookup {self.table}{suppress} priority {self.priority}"
 
 
 class Route(NamedTuple):
@@ -112,10 +121,23 @@ class Guard(NamedTuple):
         return f"guard {self.address} reachable only via {self.device}"
 
 
+class ReplyMark(NamedTuple):
+    """The default VPN's IPv6 reply marking, two chains of vpnsplit's nft table: a connection
+    that arrives at this host (input) on any device but DEVICE (the default VPN's tunnel) gets
+    REPLY_MARK in its conntrack mark, and its outgoing IPv6 packets get it as packet mark
+    (a route chain, so the kernel looks the route up again), which rule 32001 sends to main."""
+
+    family: int
+    device: str
+
+    def __str__(self):
+        return f"mark replies of IPv6 connections arriving not via {self.device} with {REPLY_MARK:#x}"
+
+
 class State(NamedTuple):
     """A set of kernel objects: what should exist (planned) or what does (observed).
 
-    `nft` holds the entries of vpnsplit's nft table (Snat, Dnat and Guard objects)."""
+    `nft` holds the entries of vpnsplit's nft table (Snat, Dnat, Guard and ReplyMark objects)."""
 
     rules: frozenset = frozenset()
     routes: frozenset = frozenset()
@@ -231,29 +253,34 @@ DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
 
 
 def plan_default(tunnel, lease, uplink, servers):
-    """The rules that send all of the host's traffic through *tunnel* (`vpnsplit default`).
+    """The rules (and IPv6 reply marking) that send all of the host's traffic through *tunnel* (`vpnsplit default`).
 
-    In order: routes more specific than a default stay in main (local and LAN), the host's
-    uplink addresses keep answering through the uplink (seed 000's normal-table), the VPN's
-    own packets to its *servers* never loop into the tunnel, and everything else goes into
-    the tunnel's table — whose strict unreachable default makes this a kill switch.
+    In order: routes more specific than a default stay in main (local and LAN), replies of
+    connections that came to the host from outside keep leaving through the uplink (seed
+    000's normal-table), the VPN's own packets to its *servers* never loop into the tunnel,
+    and everything else goes into the tunnel's table — whose strict unreachable default makes
+    this a kill switch.
 
-    The uplink rule exists for IPv6 only while the tunnel carries IPv6: for an unbound socket
-    IPv6 picks the source after the lookup, and when the lookup failed (the unreachable
-    default) it looks up again with that source — the uplink address, which the rule would
-    send out in the clear.
+    Replies are told by their source address for IPv4 (the *uplink* addresses), by conntrack
+    for IPv6 (ReplyMark, rule `fwmark REPLY_MARK`): for an unbound socket IPv6 picks the
+    source after the lookup, and when the lookup failed (the unreachable default, also after
+    the client died without down) it looks up again with that source — the uplink address,
+    which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
     """
     carried = {a.version for a in (lease.locals if lease else [])}
     families = {4, 6} if tunnel.strict else carried
-    rules = set()
+    rules, nft = set(), set()
     for fam in families:
         every = DEFAULT_DST[fam]
         rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
-        if fam == 4 or fam in carried:
+        if fam == 4:
             rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, _host(a)) for a in uplink if a.version == fam)
+        else:
+            rules.add(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, every, fwmark=REPLY_MARK, fwmask=REPLY_MARK))
+            nft.add(ReplyMark(fam, tunnel.device))
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, _host(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
-    return State(rules=frozenset(rules))
+    return State(rules=frozenset(rules), nft=frozenset(nft))
 
 
 def default_servers(state, tunnel):

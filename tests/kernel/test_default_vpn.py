@@ -3,6 +3,7 @@ tunnel, for IPv4 and IPv6 alike (the `fam` fixture)."""
 
 import json
 
+from tests.kernel.test_sources_forward import CONFIG as FORWARD_CONFIG
 from tests.kernel.test_sources_forward import TABLE, fam, received, world  # noqa: F401 (fixtures)
 
 CONFIG = """
@@ -45,7 +46,11 @@ def test_default_vpn_carries_the_host_and_off_restores_it_exactly(world, fam):
     proc = ns.vpnsplit("default", "vpn")
     assert proc.returncode == 0, proc.stderr
     rules = [r for r in ns.rules(family=fam.fam) if r[0] in range(32000, 32004)]
-    assert rules == [(32000, "all", 254, 118), (32001, f"{fam.uplink}/{fam.host_len}", 254, 118), (32002, "all", 254, 118), (32003, "all", TABLE, 118)]
+    # replies: IPv4 by the uplink address, IPv6 by the conntrack mark (any source)
+    uplink = f"{fam.uplink}/{fam.host_len}" if fam.fam == 4 else "all"
+    assert rules == [(32000, "all", 254, 118), (32001, uplink, 254, 118), (32002, "all", 254, 118), (32003, "all", TABLE, 118)]
+    marked = "fwmark 0x10000000/0x10000000" in ns.exec("ip", f"-{fam.fam}", "rule", "show", "priority", "32001").stdout
+    assert marked == (fam.fam == 6)
     # an unbound socket now leaves through the tunnel, with the tunnel's address
     assert received(far, fam.internet, 5000, ns) == ("sent", f"{fam.tunnel} hello")
     # the LAN stays direct
@@ -59,12 +64,16 @@ def test_default_vpn_carries_the_host_and_off_restores_it_exactly(world, fam):
     # the tunnel drops: strict turns the default into a kill switch
     count = udp_counter(isp)
     assert ns.vpnsplit("down", "vpn").returncode == 0
-    # (IPv6 loses the uplink rule meanwhile: the kernel would retry an unbound socket's failed
-    # lookup with the uplink address as source, and that rule would let it out in the clear)
-    assert [r for r in ns.rules(family=fam.fam) if r[0] in range(32000, 32004)] == [r for r in rules if fam.fam == 4 or r[0] != 32001]
+    assert [r for r in ns.rules(family=fam.fam) if r[0] in range(32000, 32004)] == rules
     assert ns.send(fam.internet, 6000) in ("EHOSTUNREACH", "ENETUNREACH")
     assert count() == 0
     assert received(isp, fam.isp, 5002, ns) == ("sent", f"{fam.uplink} hello")  # the LAN still works
+    # inbound to the uplink address: IPv4 is answered; IPv6 not, because the reply's first route
+    # lookup (mark 0) already meets the kill switch, before the output hook could mark it
+    listener = ns.listen(fam.uplink, 7001, "tcp")
+    sent = isp.exec("python3", "-c", CONNECT.replace("7000", "7001"), fam.uplink, fam.internet).stdout.strip()
+    answered = ("sent", f"{fam.internet} hi") if fam.fam == 4 else ("", "nothing")
+    assert (sent, listener.communicate(timeout=10)[0].strip()) == answered
     # back up, then off: the host gets its own routing back exactly (both families)
     assert ns.vpnsplit("up", "vpn").returncode == 0
     assert ns.vpnsplit("default", "--off").returncode == 0
@@ -142,6 +151,11 @@ def test_status_and_check_cover_the_default_vpn(world):
     assert json.loads(ns.vpnsplit("status", "--json").stdout)["default"]["tunnel"] == "vpn"
     assert ns.vpnsplit("up", "vpn").returncode == 0  # the default tunnel's up repairs its rules
     assert ns.vpnsplit("check").returncode == 0
+    ns.exec("nft", "delete", "chain", "inet", "vpnsplit", "replies_out", check=True)  # the IPv6 reply marking
+    proc = ns.vpnsplit("check")
+    assert proc.returncode == 3 and "default VPN: missing: mark replies of IPv6 connections arriving not via vpn0" in proc.stderr, proc.stderr
+    assert ns.vpnsplit("up", "vpn").returncode == 0 and ns.vpnsplit("check").returncode == 0
+    assert "ct mark" in ns.exec("nft", "list", "chain", "inet", "vpnsplit", "replies_out", check=True).stdout
     assert ns.vpnsplit("default", "--off").returncode == 0
     assert ns.vpnsplit("check").returncode == 0 and "default VPN" not in ns.vpnsplit("status").stdout
 
@@ -191,3 +205,49 @@ def test_a_default_killed_midway_leaves_its_choice_for_check_and_a_rerun(world):
     assert ns.vpnsplit("up", "vpn").returncode == 0
     assert ns.vpnsplit("check").returncode == 0
     assert [r[0] for r in ns.rules(family=4) if r[0] in range(32000, 32004)] == [32000, 32001, 32002, 32003]
+
+
+def test_ipv6_kill_switch_holds_when_the_client_dies_without_down(world):
+    """The VPN client is SIGKILLed: its device vanishes with its routes, no down hook runs, every
+    rule of ours stays. An unbound IPv6 socket must still meet the kill switch: the kernel retries
+    the failed lookup with the uplink address as source, and no rule may let that out."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    assert received(far, "2001:db8:2::80", 5004, ns) == ("sent", "fd08::2 hello")  # through the tunnel while up
+    count = udp_counter(isp)
+    ns.ip("link", "del", "vpn0")  # the crash: no down hook
+    assert ns.send("2001:db8:2::80", 6000) in ("EHOSTUNREACH", "ENETUNREACH")
+    assert count() == 0
+    assert received(isp, "2001:db8:51::1", 5005, ns) == ("sent", "2001:db8:51::10 hello")  # the LAN still works
+
+
+def test_port_forwards_and_sources_are_not_marked_as_replies(world, fam):
+    """The reply mark is for connections that come to the host from outside the tunnel: a port
+    forward arrives through the tunnel (its replies must go back into it), a source subnet's
+    traffic is forwarded, never input. Only IPv6 is marked at all."""
+    ns, ctr, far, isp = world
+    ns.write_config(FORWARD_CONFIG + 'servers  = ["203.0.113.2", "2001:db8:113::2"]\n')
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "vpn").returncode == 0
+    # count what leaves the host with the reply mark: from the alias, a container or the tunnel address
+    # (before SNAT), and from the uplink address
+    ip = "ip" if fam.fam == 4 else "ip6"
+    ns.nft("table inet probe {\n chain c {\n type filter hook postrouting priority 0;\n"
+           f" meta mark & 0x10000000 != 0 {ip} saddr {{ {fam.alias}, {fam.ctr}, {fam.tunnel} }} counter\n"
+           f" meta mark & 0x10000000 != 0 {ip} saddr {fam.uplink} counter\n }}\n}}\n")
+
+    def marked():
+        rules = json.loads(ns.exec("nft", "-j", "list", "chain", "inet", "probe", "c", check=True).stdout)["nftables"]
+        return [e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e]
+
+    for proto, port in (("tcp", 8080), ("udp", 5353)):  # far knows only the tunnel: replies must come back through it
+        assert received(ns, fam.alias, port, far, proto, to=fam.tunnel) == ("sent", f"{fam.far} hello"), proto
+    assert received(far, fam.internet, 5006, ctr) == ("sent", f"{fam.tunnel} hello")  # a source subnet: through the tunnel
+    assert marked() == [0, 0]  # nothing of the forwards or the sources carried the mark
+    # the control: a connection from the isp side to the uplink address is answered, marked (IPv6)
+    listener = ns.listen(fam.uplink, 7002, "tcp")
+    sent = isp.exec("python3", "-c", CONNECT.replace("7000", "7002"), fam.uplink, fam.internet).stdout.strip()
+    assert (sent, listener.communicate(timeout=10)[0].strip()) == ("sent", f"{fam.internet} hi")
+    assert (marked()[1] > 0) == (fam.fam == 6)

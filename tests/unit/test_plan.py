@@ -72,14 +72,19 @@ def test_diff_of_restart_swaps_only_what_changed():
     assert not plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease()))
 
 
-def test_default_vpn_has_the_ipv6_uplink_rule_only_while_the_tunnel_carries_ipv6():
+def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_address():
     """IPv6 retries a failed lookup of an unbound socket with the chosen (uplink) source:
-    'from <uplink6> lookup main' beside the strict unreachable would let that out in the clear."""
+    'from <uplink6> lookup main' beside the strict unreachable would let that out in the clear,
+    also after the client died without down. So IPv6's 32001 selects the reply mark, always."""
     uplink = [ipaddress.ip_address("198.51.100.10"), ipaddress.ip_address("2001:db8:51::10")]
-
-    def uplink_rules(lease_):
-        return {r.family for r in plan.plan_default(tunnel(), lease_, uplink, []).rules if r.priority == plan.DEFAULT_PRIORITY + 1}
-
-    assert uplink_rules(lease(v6="fd08::2/64")) == {4, 6}
-    assert uplink_rules(lease()) == {4}
-    assert uplink_rules(None) == {4}
+    mark = plan.Rule(6, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "::/0", fwmark=plan.REPLY_MARK, fwmask=plan.REPLY_MARK)
+    v4 = plan.Rule(4, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "198.51.100.10/32")
+    for lease_ in (lease(v6="fd08::2/64"), lease(), None):
+        state = plan.plan_default(tunnel(), lease_, uplink, [])
+        assert {r for r in state.rules if r.priority == plan.DEFAULT_PRIORITY + 1} == {v4, mark}
+        assert state.nft == {plan.ReplyMark(6, "tun0")}
+    assert str(mark) == "rule from ::/0 fwmark 0x10000000/0x10000000 lookup 254 priority 32001"
+    # a rule without a mark is the same value as before the fields existed (observed == planned)
+    assert plan.Rule(4, 1, 2, "0.0.0.0/0") == plan.Rule(4, 1, 2, "0.0.0.0/0", "", -1, 0, 0) != mark
+    # not strict and no lease: no default rules and no marking at all
+    assert plan.plan_default(tunnel()._replace(strict=False), None, uplink, []) == plan.State()
