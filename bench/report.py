@@ -33,6 +33,16 @@ def _failed(title, part):
     return [title, "", f"failed: {part['error']}", ""]
 
 
+def _simple_part(title, part, fmt, intro):
+    """A part whose page is its *intro* lines, its table, its derived figures and commands
+    (nothing if it did not run, why if it failed)."""
+    if not part:
+        return []
+    if "error" in part:
+        return _failed(title, part)
+    return [title, "", *intro(part), "", _table(part["contenders"]), "", *_derived_and_commands(part, fmt)]
+
+
 def render(r):
     m = r["machine"]
     out = [
@@ -133,44 +143,23 @@ def render(r):
     elif c:
         out += _failed("## 1./2. One hook, cold / no-op", c)
 
-    mt = r.get("3_many")
-    if mt and "error" not in mt:
-        out += [
-            "## 3. Many tunnels",
-            "",
-            f"{mt['tunnels']} tunnels configured (t0..t99: tunI, 10.64.I.2/24, table 100+I, priority 1000+10·I, alias 10.192.I.1). "
-            + ("`vpnsplit up --all` exists and is measured; " if mt["vpnsplit_up_all_exists"] else "`vpnsplit up --all` did not exist; ")
-            + "also a Python loop calling `engine.up` per tunnel in one process with one `Kernel()` (`bench/loop_up.py`). "
-            "*In place*: everything already applied (a re-apply). *From empty*: all tunnels' objects and state removed "
-            "before each sample (untimed). The 100 separate `vpnsplit up NAME` runs are measured in their own, shorter "
-            "interleaved loop against the shell loop (\"paired\").",
-            "",
-            f"From empty, shell loop and vpnsplit leave the same kernel state: {mt['from_empty_shell_equals_vpnsplit']}. "
-            f"In place, nothing in the kernel changes: {mt['in_place_state_unchanged']}.",
-            "",
-            _table(mt["contenders"]),
-            "",
-        ]
-        out += _derived_and_commands(mt, lambda v: f"{v:.3f}×")
-    elif mt:
-        out += _failed("## 3. Many tunnels", mt)
-
-    s = r.get("4_scale")
-    if s and "error" not in s:
-        out += [
-            "## 4. Scale",
-            "",
-            f"The same config of 100 tunnels in two namespaces: *empty* holds only tun0; *loaded* has all "
-            f"{s['tunnels_up']} tunnels up and {s['foreign_rules']} foreign rules (proto static, priorities around and "
-            f"between vpnsplit's; {s['rules_in_loaded_namespace']} rules in all). `up` is `hooks/up` for t0 after an untimed "
-            "`vpnsplit down t0` (a reconnect: the strict skeleton stays, the rest is re-added).",
-            "",
-            _table(s["contenders"]),
-            "",
-        ]
-        out += _derived_and_commands(s, lambda v: f"{v:.2f}×")
-    elif s:
-        out += _failed("## 4. Scale", s)
+    out += _simple_part("## 3. Many tunnels", r.get("3_many"), lambda v: f"{v:.3f}×", lambda mt: [
+        f"{mt['tunnels']} tunnels configured (t0..t99: tunI, 10.64.I.2/24, table 100+I, priority 1000+10·I, alias 10.192.I.1). "
+        + ("`vpnsplit up --all` exists and is measured; " if mt["vpnsplit_up_all_exists"] else "`vpnsplit up --all` did not exist; ")
+        + "also a Python loop calling `engine.up` per tunnel in one process with one `Kernel()` (`bench/loop_up.py`). "
+        "*In place*: everything already applied (a re-apply). *From empty*: all tunnels' objects and state removed "
+        "before each sample (untimed). The 100 separate `vpnsplit up NAME` runs are measured in their own, shorter "
+        "interleaved loop against the shell loop (\"paired\").",
+        "",
+        f"From empty, shell loop and vpnsplit leave the same kernel state: {mt['from_empty_shell_equals_vpnsplit']}. "
+        f"In place, nothing in the kernel changes: {mt['in_place_state_unchanged']}.",
+    ])
+    out += _simple_part("## 4. Scale", r.get("4_scale"), lambda v: f"{v:.2f}×", lambda s: [
+        f"The same config of 100 tunnels in two namespaces: *empty* holds only tun0; *loaded* has all "
+        f"{s['tunnels_up']} tunnels up and {s['foreign_rules']} foreign rules (proto static, priorities around and "
+        f"between vpnsplit's; {s['rules_in_loaded_namespace']} rules in all). `up` is `hooks/up` for t0 after an untimed "
+        "`vpnsplit down t0` (a reconnect: the strict skeleton stays, the rest is re-added).",
+    ])
 
     p = r.get("5_packet")
     if p and "error" not in p:
