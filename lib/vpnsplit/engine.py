@@ -376,11 +376,14 @@ def _record_step(statedir, recorded, tunnel, lease, switched):
     """The state-file step of a run (none if the *recorded* document is already right),
     undone by restoring the old files."""
     name = tunnel.name
-    snap = statedir.snapshot(name)
-    moved = any(set(recorded.get(field) or []) != switched[v] for v, field in RECORDED.items())
-    if lease is not None and (statedir.load_quiet(name) != lease or moved):
+    if lease is not None:
+        moved = any(set(recorded.get(field) or []) != switched[v] for v, field in RECORDED.items())
+        if statedir.lease_in(recorded, name) == lease and not moved:
+            return []  # in place: the file is not read again, let alone written
+        snap = statedir.snapshot(name)
         return [Step("record state", lambda: statedir.save(name, lease, switched) or True, lambda: statedir.restore(name, snap))]
-    if lease is None and any(snap.values()):
+    snap = statedir.snapshot(name)
+    if any(snap.values()):
         return [Step("forget state", lambda: statedir.forget(name) or True, lambda: statedir.restore(name, snap))]
     return []
 
@@ -415,12 +418,17 @@ def default_status(kernel, statedir, tunnels):
     desired = plan.State() if tunnel is None else _default_rules(kernel, (tunnel, statedir.load_quiet(tunnel.name)), current)
     if not desired.objects() and not current.objects():
         return None
+    objects, stale, problems = _compared(desired, current)
+    return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
+
+
+def _compared(desired, current):
+    """(each desired object and whether it is present, stale objects, problems) of *current* against *desired*."""
     d = plan.diff(desired, current)
     missing = set(d.add.objects())
-    objects = [{"object": str(o), "present": o not in missing} for o in desired.objects()]
+    objects = [{"object": str(o), "kind": type(o).__name__.lower(), "present": o not in missing} for o in desired.objects()]
     stale = [str(o) for o in d.remove.objects()]
-    problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {r}" for r in stale]
-    return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
+    return objects, stale, [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {o}" for o in stale]
 
 
 def status(kernel, statedir, tunnel):
@@ -429,11 +437,7 @@ def status(kernel, statedir, tunnel):
 
     lease, desired = desired_for(statedir, tunnel)
     current, foreign, (intact, _) = kernel.observe(tunnel)
-    d = plan.diff(desired, current)
-    missing = set(d.add.objects())
-    objects = [{"object": str(o), "kind": type(o).__name__.lower(), "present": o not in missing} for o in desired.objects()]
-    stale = [str(o) for o in d.remove.objects()]
-    problems = [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {s}" for s in stale]
+    objects, stale, problems = _compared(desired, current)
     if desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
@@ -457,7 +461,7 @@ def status(kernel, statedir, tunnel):
         "strict": tunnel.strict,
         "state": "up" if lease else "down",
         "lease": lease.to_json() if lease else None,
-        "recorded_at": statedir.record(tunnel.name).get("when") if lease else None,
+        "recorded_at": record.get("when"),
         "objects": objects,
         # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
         "rp_filter": {dev: sysctl.rp_filter(dev) for dev in devices},

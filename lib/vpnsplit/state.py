@@ -99,6 +99,15 @@ class StateDir:
             raise InputError(f"state file {_shown(path)}: damaged ({_shown(str(e))}); run 'vpnsplit down {name}' then let the VPN reconnect") from None
         return Lease.from_json(data.get("lease") or {}, f"state file {_shown(path)}", name)
 
+    @staticmethod
+    def lease_in(doc, name):
+        """The Lease in a document `record` returned; None if it holds none or a damaged one,
+        as load_quiet would say, without reading the file again."""
+        try:
+            return Lease.from_json(doc.get("lease") or {}, "state", name) if doc else None
+        except InputError:
+            return None
+
     def load_quiet(self, name):
         """Like load, but a damaged record counts as none (up is about to overwrite it)."""
         try:
