@@ -13,7 +13,8 @@ HOOKS       := up down wg-up wg-down
 # Debian packages: the nftables binding (only Debian's matches its libnftables), the VPN
 # clients the lab drives, and the tools tests use to look at packets.
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
-                wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps
+                wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
+                util-linux git make
 
 .PHONY: dev deps test unit kernel lab demo bench install uninstall clean
 
@@ -24,7 +25,7 @@ deps:
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 # --system-site-packages: python3-nftables is visible only that way.
