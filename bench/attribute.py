@@ -39,7 +39,7 @@ for mod in ("vpnsplit.errors", "vpnsplit.plan", "vpnsplit.lease", "vpnsplit.engi
     add(f"import {mod}", pc() - t)
 
 import logging
-from vpnsplit import engine, hooks, nat, netlink, openvpn, plan, runner, state
+from vpnsplit import engine, hooks, kernel, nat, netlink, openvpn, plan, runner, state, transaction
 
 def wrap(owner, attr, label, per_call=False):
     f = getattr(owner, attr)
@@ -58,16 +58,16 @@ def wrap(owner, attr, label, per_call=False):
 
 for owner, attr, label, *per_call in [
     (openvpn, "parse", "openvpn.parse"), (runner, "load_config", "config: read + tomllib + checks"),
-    (netlink.Netlink, "connect", "pyroute2 IPRoute()"), (state._Lock, "__init__", "filelock.FileLock()"),
-    (state._Lock, "__enter__", "lock acquire"), (state._Lock, "__exit__", "lock release"),
-    (plan, "plan_up", "plan.plan_up"), (engine, "_refuse_overlaps", "overlap check (main table dump)"),
-    (engine.Kernel, "our_rules", "rule dump (nldump)"), (netlink.Netlink, "table_routes", "tunnel table dump (nldump)"),
+    (netlink.Netlink, "connect", "pyroute2 IPRoute()"), (state.Lock, "__init__", "filelock.FileLock()"),
+    (state.Lock, "__enter__", "lock acquire"), (state.Lock, "__exit__", "lock release"),
+    (plan, "plan_up", "plan.plan_up"), (netlink.Netlink, "main_routes", "main table dump (overlap check)"),
+    (kernel.Kernel, "our_rules", "rule dump (nldump)"), (netlink.Netlink, "table_routes", "tunnel table dump (nldump)"),
     (netlink.Netlink, "addresses", "address dump (nldump)"), (nat.NatTable, "__init__", "libnftables context"),
     (nat.NatTable, "observe", "nft listing"), (nat.NatTable, "change", "nft batch"),
     (netlink.Netlink, "add_route", "pyroute2 add route", True), (netlink.Netlink, "add_address", "pyroute2 add address", True),
-    (netlink.Netlink, "add_rule", "pyroute2 add rule", True), (state.StateDir, "save", "state file (atomic, fsync)"),
+    (netlink.Netlink, "add_rule", "pyroute2 add rule", True), (state.StateDir, "write", "state file (atomic, fsync)"),
     (logging.StreamHandler, "emit", "log lines"), (netlink.Netlink, "close", "pyroute2 close"),
-    (engine, "run_steps", "= run_steps (all writes)"), (engine, "converge", "= converge"),
+    (transaction, "run", "= transaction.run (all writes)"), (engine, "converge", "= converge"),
 ]:
     wrap(owner, attr, label, bool(per_call))
 

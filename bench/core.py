@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import resource
 import shlex
@@ -21,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.kernel.nslab import NetnsLab, run
 
 REPO = Path(__file__).resolve().parents[1]
 PY = str(REPO / ".venv/bin/python3")
@@ -41,8 +41,13 @@ def _setns(fd):
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-class Netns(NetnsLab):
-    """A NetnsLab named vsb-<pid>-<n> (so a stale one is recognisable), with a scratch dir."""
+def run(argv, check=False, input=None):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input, check=check)
+
+
+class Netns:
+    """A namespace named vsb-<pid>-<n> (so a stale one is recognisable), with a scratch dir
+    holding its config and state directory."""
 
     def __init__(self, tag=""):
         self.name = f"{PREFIX}-{os.getpid()}-{next(_serial)}{'-' + tag if tag else ''}"[:40]
@@ -58,8 +63,33 @@ class Netns(NetnsLab):
     def close(self):
         if self in _open:
             _open.remove(self)
-            super().close()
+            for pid in run(["ip", "netns", "pids", self.name]).stdout.split():
+                run(["kill", "-9", pid])
+            run(["ip", "netns", "del", self.name])
             subprocess.run(["rm", "-rf", str(self.tmp)])
+
+    def write_config(self, text):
+        self.config.write_text(text)
+        self.config.chmod(0o644)
+
+    def ip(self, *args):
+        return run(["ip", "-n", self.name, *args], check=True).stdout
+
+    def dump(self):
+        """Everything the namespace's kernel holds (rules, routes of every table, addresses,
+        the nft ruleset without handles), for comparing states."""
+        def ip_json(*args):
+            return json.loads(self.ip("-j", *args) or "[]")
+
+        rules = ip_json("-4", "rule") + ip_json("-6", "rule")
+        routes = ip_json("-4", "route", "show", "table", "all") + ip_json("-6", "route", "show", "table", "all")
+        addresses = [(a["ifname"], i["local"], i["prefixlen"]) for a in ip_json("addr") for i in a.get("addr_info", [])]
+        nft = json.loads(self.call(["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+        for item in nft:
+            for body in item.values():
+                if isinstance(body, dict):
+                    body.pop("handle", None)
+        return {"rules": rules, "routes": routes, "addresses": sorted(addresses), "nft": nft[1:]}
 
     @contextlib.contextmanager
     def inside(self):

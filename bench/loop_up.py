@@ -1,5 +1,5 @@
 """Re-apply every configured tunnel in ONE process: one lock, one Kernel() (one netlink
-socket, one libnftables context), engine.up per tunnel with the lease cli.cmd_up would use.
+socket, one libnftables context), engine.up per tunnel with the lease `vpnsplit up` would use.
 
 This stands in for `vpnsplit up --all` where that command does not exist (yet): same
 engine, but still one nft transaction and one rule dump per tunnel.
@@ -8,7 +8,7 @@ Run as: VPNSPLIT_CONFIG=... VPNSPLIT_STATE_DIR=... .venv/bin/python3 -I bench/lo
 
 import sys
 
-from vpnsplit import cli, engine, runner
+from vpnsplit import engine, runner
 
 
 def main():
@@ -18,7 +18,7 @@ def main():
         cfg = runner.load_config()
         with runner.session() as (kernel, statedir):
             for tunnel in cfg.tunnels.values():
-                engine.up(kernel, statedir, tunnel, cli._current_lease(kernel, statedir, tunnel))
+                engine.up(kernel, statedir, tunnel, kernel.current_lease(tunnel, statedir.record(tunnel.name).lease))
 
     return runner.guarded(body)
 

@@ -88,3 +88,14 @@ def prefix_length(value, where, version):
     if not (isinstance(value, str) and value.isascii() and value.isdigit() and 0 < int(value) <= top):
         raise InputError(f"{where}: {value!r} is not a prefix length (1-{top})")
     return int(value)
+
+
+def subnet(value, where):
+    """A subnet written without host bits ("10.20.1.0/24"): not /0, loopback or multicast, no zone id."""
+    try:
+        net = ipaddress.ip_network(value) if isinstance(value, str) else None
+    except ValueError:
+        net = None
+    if net is None or "%" in value or net.prefixlen == 0 or net.is_loopback or net.is_multicast:
+        raise InputError(f"{where} {value!r} is not a subnet (address/prefix without host bits, not /0)")
+    return net

@@ -12,7 +12,7 @@ import tomllib
 from typing import NamedTuple
 
 from vpnsplit import addresses
-from vpnsplit.errors import InputError
+from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 
@@ -34,12 +34,6 @@ TABLE_MAX = 2**32 - 1
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 # Far above any real config; a bound so that --config /dev/zero or a huge file cannot eat memory.
 MAX_SIZE = 1 << 20
-
-
-def shown(text):
-    """*text* as it may appear inside a one-line message: repr() when it holds a newline or
-    other unprintable character (a path or TOML key can), so an error stays one line."""
-    return text if isinstance(text, str) and text.isprintable() else repr(text)
 
 
 class Tunnel(NamedTuple):
@@ -172,19 +166,6 @@ def parse(data, path="<config>"):
     return Config(path=path, tunnels=tunnels)
 
 
-def default_candidates(tunnels):
-    """The sections saying `default = true`, the chosen one first.
-
-    Seed 001: "lowest number = default VPN to use ... when multiple are enabled". The
-    lowest `id` wins; a section without one counts by its priority, which is what an id
-    derives (id N is priority ID_BASE + PRIORITY_SPAN * N), then by name. Empty when no
-    section says default = true: a default VPN is never guessed, since it would silently
-    send the host's traffic through a VPN.
-    """
-    rank = lambda t: (ID_BASE + PRIORITY_SPAN * t.id if t.id is not None else t.priority, t.name)  # noqa: E731
-    return sorted((t for t in tunnels.values() if t.default), key=rank)
-
-
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
          "default", "servers"}
 
@@ -222,9 +203,6 @@ def _tunnel(name, s, where):
             f"{where}: priority = {priority}: vpnsplit's rules {priority}-{priority + PRIORITY_SPAN - 1} would fall in "
             f"{SWEPT_PRIORITIES.start}-{SWEPT_PRIORITIES.stop - 1}, which OpenWrt's pbr deletes on reload; choose another"
         )
-    strict = s.get("strict", True)
-    if not isinstance(strict, bool):
-        raise InputError(f"{where}: strict = {strict!r} must be true or false")
     alias_device = s.get("alias_device")
     sources = _networks(s, "sources", where)
     lan = _networks(s, "lan", where)
@@ -241,7 +219,7 @@ def _tunnel(name, s, where):
         alias=_addr(s, "alias", 4, where),
         alias6=_addr(s, "alias6", 6, where),
         alias_device=None if alias_device is None else addresses.ifname(alias_device, f"{where} alias_device"),
-        strict=strict,
+        strict=_bool(s, "strict", True, where),
         gateway=_addr(s, "gateway", 4, where),
         gateway6=_addr(s, "gateway6", 6, where),
         sources=sources,
@@ -272,16 +250,7 @@ def _networks(s, key, where):
     value = s.get(key, [])
     if not isinstance(value, list):
         raise InputError(f"{where}: {key} = {value!r} must be a list of subnets, like [\"10.20.1.0/24\"]")
-    nets = []
-    for item in value:
-        try:
-            net = ipaddress.ip_network(item) if isinstance(item, str) else None
-        except ValueError:
-            net = None
-        if net is None or "%" in item or net.prefixlen == 0 or net.is_loopback or net.is_multicast:
-            raise InputError(f"{where}: {key} entry {item!r} is not a subnet (address/prefix without host bits, not /0)")
-        nets.append(net)
-    return tuple(nets)
+    return tuple(addresses.subnet(item, f"{where}: {key} entry") for item in value)
 
 
 _FORWARD = re.compile(r"(tcp|udp)/([0-9]{1,5})")
@@ -312,9 +281,7 @@ def _int(s, key, where):
 
 
 def _addr(s, key, version, where):
-    if key not in s:
-        return None
-    return addresses.host_address(s[key], f"{where} {key}", version)
+    return addresses.host_address(s[key], f"{where} {key}", version) if key in s else None
 
 
 def _check_clashes(tunnels, path):

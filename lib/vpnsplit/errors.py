@@ -1,4 +1,4 @@
-"""The three ways a run can end badly, each with its exit code.
+"""The three ways a run can end badly, each with its exit code, and how a value is shown in their one line.
 
 Exit codes are part of the hook contract: OpenVPN and wg-quick only see the number,
 and a person running `vpnsplit up NAME` by hand needs to know whether the kernel moved.
@@ -27,3 +27,10 @@ class LockTimeout(VpnsplitError):
     """Another vpnsplit run held the lock too long. Nothing was changed."""
 
     exit_code = 1
+
+
+def shown(text):
+    """*text* as it may appear inside a one-line message: repr() when it holds a newline or
+    other unprintable character (a path, a TOML key or a state file's content can), so an
+    error stays one line."""
+    return text if isinstance(text, str) and text.isprintable() else repr(text)

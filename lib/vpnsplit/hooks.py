@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from vpnsplit import engine, openvpn, runner
+from vpnsplit import addresses, engine, openvpn, runner
 from vpnsplit.errors import InputError
 
 log = logging.getLogger("vpnsplit")
@@ -42,7 +42,7 @@ def openvpn_up(args):
     cfg = runner.load_config(call.config)
     tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn up")
     # the lease already recorded: probably a re-run with everything in place
-    with runner.session(changes_expected=lambda statedir: statedir.load_quiet(tunnel.name) != call.lease) as (kernel, statedir):
+    with runner.session(changes_expected=lambda statedir: statedir.record(tunnel.name).lease != call.lease) as (kernel, statedir):
         changes = engine.up(kernel, statedir, tunnel, call.lease, cfg.tunnels)
     _report("up", tunnel, changes, call.lease)
 
@@ -60,11 +60,9 @@ def wg_up(args):
     opts, iface = _wg_args(args, "wg-up")
     cfg = runner.load_config(opts.get("config"))
     tunnel = _tunnel(cfg, iface, opts.get("tunnel"), "wg-up")
-    from vpnsplit import wgpeers
-
     with runner.session() as (kernel, statedir):
         # the peers' endpoints are the VPN servers a default VPN must keep out of the tunnel
-        lease = wgpeers.with_endpoints(kernel.nl, kernel.lease_from_device(tunnel))
+        lease = kernel.device_lease(tunnel, servers=True)
         changes = engine.up(kernel, statedir, tunnel, lease, cfg.tunnels)
     _report("up", tunnel, changes, lease)
 
@@ -82,8 +80,6 @@ def _wg_args(args, where):
     opts, rest = openvpn.split_words(args, where)
     if len(rest) != 1:
         raise InputError(f"{where}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
-    from vpnsplit import addresses
-
     return opts, addresses.ifname(rest[0], f"{where} interface")
 
 

@@ -10,18 +10,18 @@ and False when the kernel already was that way (adding what exists, deleting wha
 gone), so the caller knows exactly what to undo. Anything else raises NetlinkError.
 """
 
-import contextlib
 import errno
 import ipaddress
 import socket
 
 from vpnsplit import nldump
 from vpnsplit.errors import InputError
-from vpnsplit.plan import DEFAULT_DST, MAIN_TABLE, PROTO, Address, Route, Rule
+from vpnsplit.nlrequests import AF, addr_spec, named, no_device, route_spec, rule_spec, tolerate
+from vpnsplit.plan import EVERYWHERE, MAIN_TABLE, PROTO, Address, Route, Rule
 
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-RTN = {1: "unicast", 7: "unreachable"}
-IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate detection
+RTN_UNICAST, RTN_LOCAL, RTN_UNREACHABLE = 1, 2, 7  # route types
+RTN = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}
+RTPROT_KERNEL = 2  # the protocol of the routes the kernel adds itself (connected networks)
 
 
 class Netlink:
@@ -30,13 +30,13 @@ class Netlink:
 
     What a run reads about devices is read once and shared by every tunnel it handles:
     device names and indexes (one ioctl each), one dump of every address, one dump of the
-    main table per family. `forget()` drops them, as Kernel.forget() does after a run
+    main table per family. `invalidate()` drops them, as Kernel.invalidate() does after a run
     changes the kernel. A device that vanishes mid-run then fails its step with ENODEV.
     """
 
     def __init__(self):
         self._ipr = None
-        self.forget()
+        self.invalidate()
 
     @property
     def ipr(self):
@@ -54,7 +54,7 @@ class Netlink:
         if self._ipr is not None:
             self._ipr.close()
 
-    def forget(self):
+    def invalidate(self):
         self._indexes, self._names, self._addrs, self._main = {}, {}, None, {}
 
     # -- reading -------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class Netlink:
         out = []
         for fam in (4, 6):
             for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask in nldump.rules(AF[fam], PROTO):
-                src = f"{src}/{src_len}" if src else DEFAULT_DST[fam]
+                src = f"{src}/{src_len}" if src else EVERYWHERE[fam]
                 dst = f"{dst}/{dst_len}" if dst else ""
                 out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress, fwmark or 0, fwmask or 0))
         return out
@@ -151,7 +151,7 @@ class Netlink:
         for fam in (4, 6):
             # nldump: the kernel sends only this table's routes (pyroute2 dumps every table)
             for dst, dst_len, proto, rtn, oif, gateway, metric in nldump.routes(AF[fam], table):
-                dst = f"{dst}/{dst_len}" if dst else DEFAULT_DST[fam]
+                dst = f"{dst}/{dst_len}" if dst else EVERYWHERE[fam]
                 if proto != PROTO:
                     foreign.append(f"{dst} proto {proto}")
                     continue
@@ -193,21 +193,21 @@ class Netlink:
 
     def add_rule(self, rule):
         """Add *rule*. An identical rule already there is not an error (returns False)."""
-        return _tolerate(self.ipr.rule, "add", (errno.EEXIST,), **_rule_spec(rule))
+        return tolerate(self.ipr.rule, "add", (errno.EEXIST,), **rule_spec(rule))
 
     def del_rule(self, rule):
         """Delete exactly *rule* (all selectors given, so never a foreign rule). Absent: False."""
-        return _tolerate(self.ipr.rule, "del", (errno.ENOENT,), **_rule_spec(rule))
+        return tolerate(self.ipr.rule, "del", (errno.ENOENT,), **rule_spec(rule))
 
     def add_route(self, route):
         """Add *route* to its table. The same route already there: False."""
-        with _named(route.device):
-            return _tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
+        with named(route.device):
+            return tolerate(self.ipr.route, "add", (errno.EEXIST,), **self._route_spec(route))
 
     def replace_route(self, route):
         """Put *route* in place of the route with the same destination and metric, in one
         netlink call (a new gateway on reconnect): no moment without a route. Always True."""
-        with _named(route.device):
+        with named(route.device):
             self.ipr.route("replace", **self._route_spec(route))
         return True
 
@@ -215,96 +215,27 @@ class Netlink:
         """Delete *route*. Already gone (or its device vanished, taking it along): False."""
         if route.device and self.link_index(route.device) is None:
             return False
-        return _tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT, errno.ENODEV), **self._route_spec(route))
+        return tolerate(self.ipr.route, "del", (errno.ESRCH, errno.ENOENT, errno.ENODEV), **self._route_spec(route))
 
     def add_address(self, address):
         """Put an alias on its device. Already there: False."""
-        with _named(address.device):
-            return _tolerate(self.ipr.addr, "add", (errno.EEXIST,), **self._addr_spec(address))
+        with named(address.device):
+            return tolerate(self.ipr.addr, "add", (errno.EEXIST,), **self._addr_spec(address))
 
     def del_address(self, address):
         """Take an alias off its device. Already gone, or the device is gone: False."""
         if self.link_index(address.device) is None:
             return False
-        return _tolerate(self.ipr.addr, "del", (errno.EADDRNOTAVAIL, errno.ENODEV), **self._addr_spec(address))
+        return tolerate(self.ipr.addr, "del", (errno.EADDRNOTAVAIL, errno.ENODEV), **self._addr_spec(address))
 
     def _index(self, device):
         index = self.link_index(device)
         if index is None:
-            raise _no_device(device)
+            raise no_device(device)
         return index
 
     def _route_spec(self, route):
-        spec = dict(
-            family=AF[route.family],
-            dst=route.dst,
-            table=route.table,
-            proto=PROTO,
-            type=route.type,
-            priority=route.metric,
-        )
-        if route.device:
-            spec["oif"] = self._index(route.device)
-        if route.gateway:
-            spec["gateway"] = route.gateway
-        return spec
+        return route_spec(route, self._index(route.device) if route.device else None)
 
     def _addr_spec(self, address):
-        spec = dict(
-            index=self._index(address.device),
-            family=AF[address.family],
-            address=address.address,
-            prefixlen=32 if address.family == 4 else 128,
-        )
-        if address.family == 6:
-            spec["flags"] = IFA_F_NODAD
-        return spec
-
-
-# pyroute2 is imported inside the functions below: only runs that change something load it.
-
-
-def _no_device(device):
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    return NetlinkError(errno.ENODEV, f"device {device} does not exist")
-
-
-@contextlib.contextmanager
-def _named(device):
-    """Name the device in an ENODEV: it vanished since this run looked its index up."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        yield
-    except NetlinkError as e:
-        if e.code == errno.ENODEV and device:
-            raise _no_device(device) from None
-        raise
-
-
-def _rule_spec(rule):
-    addr, _, length = rule.src.partition("/")
-    spec = dict(family=AF[rule.family], table=rule.table, priority=rule.priority, protocol=PROTO)
-    if int(length):
-        spec.update(src=addr, src_len=int(length))
-    if rule.suppress >= 0:
-        spec["suppress_prefixlen"] = rule.suppress
-    if rule.fwmask:
-        spec.update(fwmark=rule.fwmark, fwmask=rule.fwmask)
-    if rule.dst:
-        dst, _, dst_len = rule.dst.partition("/")
-        spec.update(dst=dst, dst_len=int(dst_len))
-    return spec
-
-
-def _tolerate(call, cmd, codes, **spec):
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        call(cmd, **spec)
-    except NetlinkError as e:
-        if e.code in codes:
-            return False
-        raise
-    return True
+        return addr_spec(address, self._index(address.device))

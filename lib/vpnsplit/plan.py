@@ -6,7 +6,6 @@ desired state can be tested without root. Everything here is "ours": rules and r
 live in vpnsplit's own nft table, and a tunnel's objects are told apart by its table.
 """
 
-import ipaddress
 from typing import NamedTuple
 
 from vpnsplit.errors import InputError
@@ -18,7 +17,11 @@ PROTO = 118
 UNREACHABLE_METRIC = 0xFF000000
 # Explicit for both families: the kernel turns an IPv6 metric of 0 into 1024 anyway.
 TUNNEL_METRIC = 1024
-DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
+EVERYWHERE = {4: "0.0.0.0/0", 6: "::/0"}  # the destination of a default route, by IP version
+# The host-wide default VPN's rules (default_vpn): after every tunnel's own rules (config keeps
+# those below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
+DEFAULT_PRIORITY = 32000
+DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
 
 
 MAIN_TABLE = 254
@@ -156,7 +159,8 @@ def _fam(addr):
     return addr.version
 
 
-def _host(addr):
+def host_prefix(addr):
+    """*addr* as a one-address prefix."""
     return f"{addr}/{addr.max_prefixlen}"
 
 
@@ -179,7 +183,7 @@ def plan_up(tunnel, lease):
         routes.add(_tunnel_route(tunnel, lease, local, gateway))
         if lease.dev_type == "tap":
             routes.add(Route(fam, tunnel.table, str(local.network), device=tunnel.device))
-        rules.add(Rule(fam, tunnel.priority, tunnel.table, _host(local.ip)))
+        rules.add(Rule(fam, tunnel.priority, tunnel.table, host_prefix(local.ip)))
         nft.add(Guard(fam, str(local.ip), tunnel.device))
         if alias is not None:
             nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
@@ -207,7 +211,7 @@ def plan_down(tunnel, families=()):
     steered = {4, 6} if tunnel.strict else set(families)
     for alias in (tunnel.alias, tunnel.alias6):
         if alias is not None and _fam(alias) in steered:
-            rules.add(Rule(_fam(alias), tunnel.priority + 1, tunnel.table, _host(alias)))
+            rules.add(Rule(_fam(alias), tunnel.priority + 1, tunnel.table, host_prefix(alias)))
             guards.add(Guard(_fam(alias), str(alias), tunnel.device))
     for net in tunnel.sources:
         if net.version in steered:
@@ -219,7 +223,7 @@ def plan_down(tunnel, families=()):
             rules.add(Rule(net.version, tunnel.priority + 3, tunnel.table, str(net)))
     if tunnel.strict:
         for fam in (4, 6):
-            routes.add(Route(fam, tunnel.table, DEFAULT_DST[fam], type="unreachable", metric=UNREACHABLE_METRIC))
+            routes.add(Route(fam, tunnel.table, EVERYWHERE[fam], type="unreachable", metric=UNREACHABLE_METRIC))
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
     return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs, nft=frozenset(guards))
@@ -234,7 +238,7 @@ def _aliases(tunnel, families):
 def _tunnel_route(tunnel, lease, local, gateway):
     fam = local.version
     if lease.dev_type == "tun":
-        return Route(fam, tunnel.table, DEFAULT_DST[fam], device=tunnel.device)
+        return Route(fam, tunnel.table, EVERYWHERE[fam], device=tunnel.device)
     if gateway is None:
         key = "gateway" if fam == 4 else "gateway6"
         raise InputError(
@@ -243,52 +247,7 @@ def _tunnel_route(tunnel, lease, local, gateway):
         )
     if gateway not in local.network:
         raise InputError(f"tunnel {tunnel.name}: gateway {gateway} is not inside the tunnel subnet {local.network}")
-    return Route(fam, tunnel.table, DEFAULT_DST[fam], device=tunnel.device, gateway=str(gateway))
-
-
-# The host-wide default VPN's rules: after every tunnel's own rules (config keeps those
-# below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
-DEFAULT_PRIORITY = 32000
-DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
-
-
-def plan_default(tunnel, lease, uplink, servers):
-    """The rules (and IPv6 reply marking) that send all of the host's traffic through *tunnel* (`vpnsplit default`).
-
-    In order: routes more specific than a default stay in main (local and LAN), replies of
-    connections that came to the host from outside keep leaving through the uplink (seed
-    000's normal-table), the VPN's own packets to its *servers* never loop into the tunnel,
-    and everything else goes into the tunnel's table — whose strict unreachable default makes
-    this a kill switch.
-
-    Replies are told by their source address for IPv4 (the *uplink* addresses), by conntrack
-    for IPv6 (ReplyMark, rule `fwmark REPLY_MARK`): for an unbound socket IPv6 picks the
-    source after the lookup, and when the lookup failed (the unreachable default, also after
-    the client died without down) it looks up again with that source — the uplink address,
-    which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
-    """
-    carried = {a.version for a in (lease.locals if lease else [])}
-    families = {4, 6} if tunnel.strict else carried
-    rules, nft = set(), set()
-    for fam in families:
-        every = DEFAULT_DST[fam]
-        rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
-        if fam == 4:
-            rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, _host(a)) for a in uplink if a.version == fam)
-        else:
-            rules.add(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, every, fwmark=REPLY_MARK, fwmask=REPLY_MARK))
-            nft.add(ReplyMark(fam, tunnel.device))
-        rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, _host(s)) for s in servers if s.version == fam)
-        rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
-    return State(rules=frozenset(rules), nft=frozenset(nft))
-
-
-def default_servers(state, tunnel):
-    """The VPN servers that the default VPN's rules in *state* keep out of *tunnel* (none
-    when those rules send the host through another tunnel)."""
-    if not any(r.priority == DEFAULT_PRIORITY + 3 and r.table == tunnel.table for r in state.rules):
-        return set()
-    return {ipaddress.ip_network(r.dst).network_address for r in state.rules if r.priority == DEFAULT_PRIORITY + 2}
+    return Route(fam, tunnel.table, EVERYWHERE[fam], device=tunnel.device, gateway=str(gateway))
 
 
 class Diff(NamedTuple):

@@ -12,6 +12,7 @@ import sys
 
 from vpnsplit import config, state
 from vpnsplit.errors import InputError, VpnsplitError
+from vpnsplit.kernel import Kernel
 
 log = logging.getLogger("vpnsplit")
 CAP_NET_ADMIN = 12
@@ -55,7 +56,7 @@ def load_config(explicit=None):
 
 
 @contextlib.contextmanager
-def session(timeout=None, changes_expected=lambda statedir: True):
+def session(changes_expected=lambda statedir: True):
     """The state directory, the lock and the kernel backends, for one run that may change things.
 
     Writing needs pyroute2 (~0.15 s of CPU to import), reading does not. When
@@ -64,15 +65,13 @@ def session(timeout=None, changes_expected=lambda statedir: True):
     only for the kernel work itself and concurrent runs drain quickly; a run that expects
     to find everything in place does without it, or loads it under the lock if wrong.
     """
-    from vpnsplit.engine import Kernel
-
     statedir = state.StateDir(state.dir_from())
     statedir.ensure()
     kernel = Kernel()
     try:
         if changes_expected(statedir):
             kernel.nl.connect()
-        with statedir.lock(lock_timeout() if timeout is None else timeout):
+        with statedir.lock(lock_timeout()):
             yield kernel, statedir
     finally:
         kernel.close()

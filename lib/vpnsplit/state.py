@@ -1,9 +1,11 @@
-"""The state directory: per-tunnel lease records and the lock that serialises all runs.
+"""The state directory: per-tunnel records, the default VPN's choice, and the lock that serialises all runs.
 
 `NAME.json` records the lease vpnsplit last applied (so `vpnsplit up NAME`, `status` and
-`check` know what should be in the kernel) and `NAME.addr` holds the dynamic IPv4 address
-alone, for other scripts. Writes are atomic (temp file, fsync, rename) and never follow a
-symlink planted in the directory: this runs as root in a directory others may reach.
+`check` know what should be in the kernel) and the devices whose forwarding it switched on;
+`NAME.addr` holds the dynamic IPv4 address alone, for other scripts; `default` names the
+tunnel `vpnsplit default` chose. A run reads each file once, under the lock, into a Record.
+Writes are atomic (temp file, fsync, rename) and never follow a symlink planted in the
+directory: this runs as root in a directory others may reach.
 """
 
 import datetime
@@ -12,13 +14,18 @@ import logging
 import os
 import stat
 import time
+from typing import NamedTuple
 
-from vpnsplit.errors import InputError, LockTimeout, VpnsplitError
+from vpnsplit import addresses
+from vpnsplit.errors import InputError, LockTimeout, VpnsplitError, shown
 from vpnsplit.lease import Lease
 
 DEFAULT_DIR = "/run/vpnsplit"
 DEFAULT_LOCK_TIMEOUT = 30.0
 LOCK_WAIT_REPORTED = 1.0  # a wait at least this long (seconds) gets a log line
+# the fields of NAME.json listing the devices whose forwarding the tunnel switched on, by IP version
+FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6"}
+NO_DEVICES = {4: frozenset(), 6: frozenset()}
 
 
 def dir_from(environ=os.environ):
@@ -27,11 +34,6 @@ def dir_from(environ=os.environ):
 
 class StateError(VpnsplitError):
     """The state directory cannot be used (read-only, full)."""
-
-
-def _shown(path):
-    """*path* for a one-line message: repr() if it holds a newline or other unprintable character."""
-    return path if path.isprintable() else repr(path)
 
 
 # A record is a few hundred bytes; this bounds what a planted file can make us read.
@@ -49,9 +51,36 @@ def _read(path):
         return f.read(MAX_RECORD)
 
 
+class Record(NamedTuple):
+    """What the state directory holds for one tunnel, read once per run."""
+
+    name: str
+    lease: Lease | None  # None: nothing recorded, or a record that cannot be used (see damage)
+    forwarding: dict  # IP version -> the devices whose forwarding this tunnel switched on
+    when: str | None  # when the lease was recorded (ISO 8601, UTC)
+    damage: str | None  # one line saying why NAME.json cannot be used, and what to do; None if it can
+    files: dict  # "json"/"addr" -> the raw bytes of NAME.json / NAME.addr (None: absent), put back on rollback
+
+    @property
+    def exists(self):
+        return any(data is not None for data in self.files.values())
+
+
+def _devices(value):
+    """The device names in a record's forwarding field; anything but a list of names counts as none."""
+    out = set()
+    for item in value if isinstance(value, list) else ():
+        try:
+            out.add(addresses.ifname(item, "state"))
+        except InputError:
+            pass  # never a path into /proc/sys from a damaged record
+    return frozenset(out)
+
+
 class StateDir:
     def __init__(self, path):
         self.path = path
+        self._records, self._choice = {}, None  # read once per run; dropped when the lock is taken
 
     def ensure(self):
         """Create the directory 0755 if missing; refuse one that others could tamper with.
@@ -59,7 +88,7 @@ class StateDir:
         A refusal is an InputError (exit 2): it comes before the lock and any kernel change,
         and the fix is the user's, like a config file with unsafe permissions.
         """
-        where = f"state directory {_shown(self.path)}"
+        where = f"state directory {shown(self.path)}"
         try:
             os.mkdir(self.path, 0o755)
         except FileExistsError:
@@ -79,153 +108,142 @@ class StateDir:
         return os.path.join(self.path, f"{name}.{ext}")
 
     def lock(self, timeout=DEFAULT_LOCK_TIMEOUT):
-        """A context manager holding the one lock every vpnsplit run takes before touching the kernel."""
-        return _Lock(os.path.join(self.path, "lock"), timeout)
+        """A context manager holding the one lock every vpnsplit run takes before touching the kernel.
+        What was read before it is read again: another run may have changed it meanwhile."""
+        return Lock(os.path.join(self.path, "lock"), timeout, acquired=self._reread)
 
-    def load(self, name):
-        """The recorded Lease of tunnel *name*, or None. A damaged file raises InputError."""
-        path = self._file(name, "json")
-        try:
-            raw = _read(path)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise InputError(f"state file {_shown(path)}: cannot read: {e.strerror}; run 'vpnsplit down {name}' then let the VPN reconnect") from None
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-        except (ValueError, RecursionError) as e:  # RecursionError: deeply nested [[[[... (json recurses)
-            raise InputError(f"state file {_shown(path)}: damaged ({_shown(str(e))}); run 'vpnsplit down {name}' then let the VPN reconnect") from None
-        return Lease.from_json(data.get("lease") or {}, f"state file {_shown(path)}", name)
-
-    @staticmethod
-    def lease_in(doc, name):
-        """The Lease in a document `record` returned; None if it holds none or a damaged one,
-        as load_quiet would say, without reading the file again."""
-        try:
-            return Lease.from_json(doc.get("lease") or {}, "state", name) if doc else None
-        except InputError:
-            return None
-
-    def load_quiet(self, name):
-        """Like load, but a damaged record counts as none (up is about to overwrite it)."""
-        try:
-            return self.load(name)
-        except InputError:
-            return None
+    def _reread(self):
+        self._records, self._choice = {}, None
 
     def record(self, name):
-        """The raw recorded document (lease plus when), for status output; {} if none."""
-        try:
-            doc = json.loads(_read(self._file(name, "json")))
-        except (OSError, ValueError, RecursionError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        """The Record of tunnel *name* (read on first use)."""
+        if name not in self._records:
+            self._records[name] = self._read_record(name)
+        return self._records[name]
 
-    def save(self, name, lease, switched=None):
+    def _read_record(self, name):
+        path, files = self._file(name, "json"), {}
+        fix = f"run 'vpnsplit down {name}' then let the VPN reconnect"
+        damage, doc, lease = None, {}, None
+        for ext in ("json", "addr"):
+            try:
+                files[ext] = _read(self._file(name, ext))
+            except FileNotFoundError:
+                files[ext] = None
+            except OSError as e:  # not a plain file we wrote: a rollback removes it
+                files[ext] = None
+                if ext == "json":
+                    damage = f"state file {shown(path)}: cannot read: {e.strerror}; {fix}"
+        if files["json"] is not None:
+            try:
+                doc = json.loads(files["json"])
+                if not isinstance(doc, dict):
+                    raise ValueError("not an object")
+            except (ValueError, RecursionError) as e:  # RecursionError: deeply nested [[[[... (json recurses)
+                doc, damage = {}, f"state file {shown(path)}: damaged ({shown(str(e))}); {fix}"
+            else:
+                try:
+                    lease = Lease.from_json(doc.get("lease") or {}, f"state file {shown(path)}", name)
+                except InputError as e:
+                    damage = str(e)
+        forwarding = {v: _devices(doc.get(field)) for v, field in FORWARDING_FIELDS.items()}
+        when = doc.get("when") if isinstance(doc.get("when"), str) else None
+        return Record(name, lease, forwarding, when, damage, files)
+
+    def write(self, name, lease, forwarding=NO_DEVICES):
         """Record *lease* for tunnel *name* (NAME.json, and NAME.addr with the IPv4 address).
 
-        *switched* maps an IP version to the devices whose forwarding this tunnel switched
-        on ("forwarding": IPv4, "forwarding6": IPv6 force_forwarding), so that down switches
-        exactly those back off. A record written before "forwarding6" existed reads as none."""
-        switched = switched or {}
+        *forwarding* maps an IP version to the devices whose forwarding this tunnel switched
+        on, so that down switches exactly those back off. A record without "forwarding6"
+        (written before IPv6 forwarding was switched per device) reads as none."""
         doc = {
             "tunnel": name,
             "lease": lease.to_json(),
-            "forwarding": sorted(switched.get(4, ())),
-            "forwarding6": sorted(switched.get(6, ())),
+            **{field: sorted(forwarding.get(v, ())) for v, field in FORWARDING_FIELDS.items()},
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        self._write(self._file(name, "json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        self._records.pop(name, None)
+        _write(self._file(name, "json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if lease.local4 is not None:
-            self._write(self._file(name, "addr"), f"{lease.local4.ip}\n")
+            _write(self._file(name, "addr"), f"{lease.local4.ip}\n")
         else:
-            self._unlink(self._file(name, "addr"))
+            _unlink(self._file(name, "addr"))
+
+    def remove(self, name):
+        """Remove the records of tunnel *name* (after down)."""
+        self._records.pop(name, None)
+        for ext in ("json", "addr"):
+            _unlink(self._file(name, ext))
+
+    def put_back(self, record):
+        """Put back the files *record* was read from (a rollback), byte for byte."""
+        self._records.pop(record.name, None)
+        for ext, data in record.files.items():
+            if data is None:
+                _unlink(self._file(record.name, ext))
+            else:
+                _write(self._file(record.name, ext), data)
 
     def default_choice(self):
         """The tunnel chosen by `vpnsplit default NAME`: a name, "" after --off, None if never chosen."""
-        try:
-            return _read(os.path.join(self.path, "default")).decode().strip()
-        except (OSError, UnicodeDecodeError):  # absent, or not a plain file we wrote: no choice
-            return None
+        if self._choice is None:
+            try:
+                self._choice = (_read(os.path.join(self.path, "default")).decode().strip(),)
+            except (OSError, UnicodeDecodeError):  # absent, or not a plain file we wrote: no choice
+                self._choice = (None,)
+        return self._choice[0]
 
     def choose_default(self, name):
         """Record *name* as the default VPN ("" for --off; None forgets any choice, so the
         config's `default = true` chooses again)."""
         path = os.path.join(self.path, "default")
+        self._choice = None
         if name is None:
-            self._unlink(path)
+            _unlink(path)
         else:
-            self._write(path, f"{name}\n")
+            _write(path, f"{name}\n")
 
-    def forget(self, name):
-        """Remove the records of tunnel *name* (after down)."""
-        for ext in ("json", "addr"):
-            self._unlink(self._file(name, ext))
 
-    def snapshot(self, name):
-        """The raw bytes of both files, to put back if a run rolls back.
+def _write(path, text):
+    """Write *text* to *path* atomically: a temp file, written in full, fsynced, renamed.
 
-        Read without following symlinks: a link planted as NAME.json must not make us copy
-        its target (say /etc/shadow) into a record. Anything that is not a regular file
-        counts as absent, so a rollback removes it.
-        """
-        out = {}
-        for ext in ("json", "addr"):
-            try:
-                out[ext] = _read(self._file(name, ext))
-            except OSError:
-                out[ext] = None
-        return out
-
-    def restore(self, name, snap):
-        for ext, data in snap.items():
-            if data is None:
-                self._unlink(self._file(name, ext))
-            else:
-                self._write(self._file(name, ext), data)
-
-    def _write(self, path, text):
-        """Write *text* to *path* atomically: a temp file, written in full, fsynced, renamed.
-
-        The temp name is ours alone (our pid). Anything already there is stale (a run
-        killed before its rename, whose pid we now have) or planted: it is unlinked, which
-        removes a symlink itself, and O_EXCL|O_NOFOLLOW then refuses anything that races
-        back in, so we never write through a link. os.write may write only part of the
-        data on a full disk, so it is looped until all is written or it raises ENOSPC.
-        """
-        tmp = f"{path}.tmp{os.getpid()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    The temp name is ours alone (our pid). Anything already there is stale (a run
+    killed before its rename, whose pid we now have) or planted: it is unlinked, which
+    removes a symlink itself, and O_EXCL|O_NOFOLLOW then refuses anything that races
+    back in, so we never write through a link. os.write may write only part of the
+    data on a full disk, so it is looped until all is written or it raises ENOSPC.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
         try:
-            try:
-                fd = os.open(tmp, flags, 0o644)
-            except FileExistsError:
-                os.unlink(tmp)
-                fd = os.open(tmp, flags, 0o644)
-            try:
-                data = memoryview(text if isinstance(text, bytes) else text.encode())
-                while data:
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)  # rename replaces a symlink itself, never its target
-        except OSError as e:
-            try:
-                self._unlink(tmp)
-            except StateError:
-                pass
-            raise StateError(f"state file {_shown(path)}: cannot write: {e.strerror}") from None
-
-    @staticmethod
-    def _unlink(path):
+            fd = os.open(tmp, flags, 0o644)
+        except FileExistsError:
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o644)
         try:
-            os.unlink(path)
-        except FileNotFoundError:
+            data = memoryview(text if isinstance(text, bytes) else text.encode())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # rename replaces a symlink itself, never its target
+    except OSError as e:
+        try:
+            _unlink(tmp)
+        except StateError:
             pass
-        except OSError as e:
-            raise StateError(f"state file {_shown(path)}: cannot remove: {e.strerror}") from None
+        raise StateError(f"state file {shown(path)}: cannot write: {e.strerror}") from None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StateError(f"state file {shown(path)}: cannot remove: {e.strerror}") from None
 
 
 def _drop_planted(path):
@@ -243,11 +261,13 @@ def _drop_planted(path):
         pass  # absent (fine), or a directory: acquire() then names the problem
 
 
-class _Lock:
-    def __init__(self, path, timeout):
-        import filelock
+class Lock:
+    """The lock file, held with filelock; *acquired*() runs once it is held."""
 
-        self.path, self.timeout = path, timeout
+    def __init__(self, path, timeout, acquired=lambda: None):
+        import filelock  # here: status and check take no lock
+
+        self.path, self.timeout, self.acquired = path, timeout, acquired
         self._lock = filelock.FileLock(path, timeout=timeout)
         self._timeout_exc = filelock.Timeout
 
@@ -258,14 +278,15 @@ class _Lock:
             self._lock.acquire()
         except self._timeout_exc:
             raise LockTimeout(
-                f"lock {_shown(self.path)}: another vpnsplit run held it for more than {self.timeout:g}s; nothing was changed "
+                f"lock {shown(self.path)}: another vpnsplit run held it for more than {self.timeout:g}s; nothing was changed "
                 f"(set VPNSPLIT_LOCK_TIMEOUT to wait longer)"
             ) from None
         except OSError as e:
-            raise StateError(f"lock {_shown(self.path)}: {e.strerror}") from None
+            raise StateError(f"lock {shown(self.path)}: {e.strerror}") from None
         waited = time.monotonic() - start
         if waited >= LOCK_WAIT_REPORTED:
-            logging.getLogger("vpnsplit").info("waited %.1fs for the lock %s (another vpnsplit run held it)", waited, _shown(self.path))
+            logging.getLogger("vpnsplit").info("waited %.1fs for the lock %s (another vpnsplit run held it)", waited, shown(self.path))
+        self.acquired()
         return self
 
     def __exit__(self, *exc):

@@ -1,4 +1,5 @@
-"""Per-device forwarding, read and written through /proc/sys (no sysctl(8), no shell).
+"""Per-device forwarding, read and written through /proc/sys (no sysctl(8), no shell), and
+the steps that switch it for a tunnel's forwarded sources.
 
 Forwarding decides on the device a packet arrives on, so forwarded sources need it on the
 device they arrive on and on the tunnel (for the replies). vpnsplit switches it on only
@@ -13,11 +14,16 @@ advertisements; force_forwarding leaves that alone. Writing net.ipv6.conf.all.fo
 have only the host-wide all.forwarding, which vpnsplit reads and leaves to the admin.
 """
 
+import logging
 import os
 
+from vpnsplit.transaction import Step
+
+log = logging.getLogger("vpnsplit")
 PROC = "/proc/sys/net"
-# the per-device switch vpnsplit turns on for forwarded sources, by IP version
+# the per-device switch vpnsplit turns on for forwarded sources, by IP version, and what a step calls it
 SWITCH = {4: "forwarding", 6: "force_forwarding"}
+SWITCH_NAME = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)"}
 
 
 def _path(version, device, key):
@@ -81,3 +87,48 @@ def rp_filter(device):
         except (FileNotFoundError, ValueError):
             return None
     return max(values)
+
+
+def _needed(kernel, tunnel, lease, version):
+    """The devices that must forward IP *version* for *tunnel*'s sources with *lease* (none
+    while down): where they arrive and the tunnel. IPv6: none if all.forwarding already
+    forwards everywhere, or if the kernel has no per-device switch (then it warns)."""
+    local = lease and (lease.local4 if version == 4 else lease.local6)
+    if local is None or not any(n.version == version for n in tunnel.sources):
+        return set()
+    if version == 6:
+        if all_forwarding6():
+            return set()
+        if not per_device6():
+            log.warning("tunnel %s: IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1 "
+                        "(this kernel has no per-device net.ipv6.conf.DEV.force_forwarding, Linux 6.17+)", tunnel.name)
+            return set()
+    return {tunnel.device, *kernel.source_devices(tunnel, version)}
+
+
+def switch_steps(kernel, switched_before, tunnel, lease):
+    """(steps switching forwarding back off, steps switching it on, {version: devices switched on after them}).
+
+    Forwarding goes on where it is needed and off, and is recorded as vpnsplit's; where it
+    is on already it is the admin's and stays. A device in *switched_before* (the record)
+    found off (writing net.ipv6.conf.all.forwarding = 0 resets force_forwarding) is switched
+    on again. Devices switched before but no longer needed (all of them on down) are
+    switched back off. The caller records before switching on and after switching off, so
+    a run killed in between leaves a record that claims too much, never too little: the
+    next run finds a claimed device off and switches it on, or finds it off already."""
+    offs, ons, switched = [], [], {4: set(), 6: set()}
+    if not tunnel.sources and not any(switched_before.values()):
+        return offs, ons, switched  # the common case (no source subnets): not even /proc is read
+    for version in (4, 6):
+        was, need = set(switched_before[version]), _needed(kernel, tunnel, lease, version)
+        switched[version] = was & need
+        what = SWITCH_NAME[version]
+        for dev in sorted(need):
+            if switch(dev, version) is False:
+                ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: set_switch(d, v, True),
+                                lambda d=dev, v=version: set_switch(d, v, False)))
+                switched[version].add(dev)
+        for dev in sorted(was - need):
+            offs.append(Step(f"switch {what} on {dev} back off", lambda d=dev, v=version: set_switch(d, v, False),
+                             lambda d=dev, v=version: set_switch(d, v, True)))
+    return offs, ons, switched

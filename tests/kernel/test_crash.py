@@ -222,9 +222,9 @@ def test_route_the_kernel_rejects_rolls_back(ns):
 # first step that needs it for an address, as when the VPN client dies in the middle of up.
 VANISH = """
 import subprocess, sys
-from vpnsplit import engine, hooks
-real = engine.run_steps
-def run_steps(steps):
+from vpnsplit import hooks, transaction
+real = transaction.run
+def run(steps):
     for step in steps:
         if step.name.startswith("add address"):
             do = step.do
@@ -234,7 +234,7 @@ def run_steps(steps):
             step.do = vanish
             break
     return real(steps)
-engine.run_steps = run_steps
+transaction.run = run
 sys.exit(hooks.main(sys.argv[1:]))
 """
 

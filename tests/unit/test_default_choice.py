@@ -4,12 +4,12 @@ import ipaddress
 
 import pytest
 
-from vpnsplit import config, plan, wgpeers
+from vpnsplit import config, default_vpn, plan, wgpeers
 
 
 def choose(**sections):
     tunnels = config.parse({"tunnel": sections}).tunnels
-    return [t.name for t in config.default_candidates(tunnels)]
+    return [t.name for t in default_vpn.candidates(tunnels)]
 
 
 def test_no_section_says_default_chooses_none():
@@ -48,9 +48,9 @@ def test_default_servers_are_read_back_from_the_rules_in_place():
     tunnel = config.parse({"tunnel": {"v": {"device": "tun0", "id": 1}}}).tunnels["v"]
     servers = [ipaddress.ip_address("203.0.113.2"), ipaddress.ip_address("2001:db8::2")]
     other = config.parse({"tunnel": {"w": {"device": "wg0", "id": 2}}}).tunnels["w"]
-    state = plan.plan_default(tunnel, None, [ipaddress.ip_address("198.51.100.10")], servers)
-    assert plan.default_servers(state, tunnel) == set(servers)
-    assert plan.default_servers(state, other) == set()  # another tunnel's servers are not this one's
+    state = default_vpn.plan_rules(tunnel, None, [ipaddress.ip_address("198.51.100.10")], servers)
+    assert default_vpn.servers_in_place(state, tunnel) == set(servers)
+    assert default_vpn.servers_in_place(state, other) == set()  # another tunnel's servers are not this one's
 
 
 UAPI = """private_key=aa
@@ -153,7 +153,7 @@ def test_an_error_answer_keeps_the_lease_and_warns(tmp_path, monkeypatch, caplog
 
 
 class _Kernel:
-    """What engine._default_rules asks of the kernel: the uplink's addresses."""
+    """What default_vpn.desired asks of the kernel: the uplink's addresses."""
 
     class nl:
         @staticmethod
@@ -164,16 +164,15 @@ class _Kernel:
 def test_a_client_naming_no_server_keeps_the_exceptions_in_place():
     """wg-up with a wedged wireguard-go reads no endpoint: the server exception already in
     place must stay, or the client's own packets would loop into its tunnel."""
-    from vpnsplit import engine
     from vpnsplit.lease import Lease
 
     tunnel = config.parse({"tunnel": {"vpn": {"device": "wg0", "id": 3}}}).tunnels["vpn"]
     lease = Lease(device="wg0", local4=ipaddress.ip_interface("10.9.0.2/24"), servers=(ipaddress.ip_address("203.0.113.7"),))
-    current = engine._default_rules(_Kernel, (tunnel, lease), plan.State())
+    current = default_vpn.desired(_Kernel, (tunnel, lease), plan.State())
     exceptions = {r.dst for r in current.rules if r.priority == plan.DEFAULT_PRIORITY + 2}
     assert exceptions == {"203.0.113.7/32"}
-    unread = engine._default_rules(_Kernel, (tunnel, lease._replace(servers=())), current)
+    unread = default_vpn.desired(_Kernel, (tunnel, lease._replace(servers=())), current)
     assert {r.dst for r in unread.rules if r.priority == plan.DEFAULT_PRIORITY + 2} == exceptions
     # a client that does name its server replaces the old exception
-    moved = engine._default_rules(_Kernel, (tunnel, lease._replace(servers=(ipaddress.ip_address("203.0.113.9"),))), current)
+    moved = default_vpn.desired(_Kernel, (tunnel, lease._replace(servers=(ipaddress.ip_address("203.0.113.9"),))), current)
     assert {r.dst for r in moved.rules if r.priority == plan.DEFAULT_PRIORITY + 2} == {"203.0.113.9/32"}

@@ -4,11 +4,10 @@ IPv6 force_forwarding where the kernel has it, today's warning where it does not
 import ipaddress
 import json
 import logging
-import types
 
 import pytest
-
-from vpnsplit import config, engine, state, sysctl
+from vpnsplit import config, state, sysctl
+from vpnsplit.kernel import Kernel
 from vpnsplit.lease import Lease
 
 DEVICES = ("all", "default", "lo", "tun0", "ctr0")
@@ -39,57 +38,68 @@ def read(root, version, dev, key):
 TUNNEL = config.parse({"tunnel": {"p": {"device": "tun0", "table": 100, "priority": 1000,
                                         "sources": ["10.20.1.0/24", "fd20:1::/64"]}}}).tunnels["p"]
 LEASE = Lease(device="tun0", local4=ipaddress.ip_interface("10.8.0.2/24"), local6=ipaddress.ip_interface("fd08::2/64"))
-# the sources of both families sit on ctr0
-KERNEL = types.SimpleNamespace(nl=types.SimpleNamespace(connected_device=lambda net: "ctr0"))
+NONE = {4: frozenset(), 6: frozenset()}
 
 
-def run(recorded, lease):
-    offs, ons, switched = engine._forwarding(KERNEL, recorded, TUNNEL, lease)
+@pytest.fixture(scope="module")
+def kernel():
+    """A Kernel whose main table connects the sources of both families on ctr0."""
+    k = Kernel()
+    k.nl.connected_device = lambda net: "ctr0"
+    yield k
+    k.close()
+
+
+def run(kernel, switched_before, lease):
+    offs, ons, switched = sysctl.switch_steps(kernel, switched_before, TUNNEL, lease)
     for step in offs + ons:
         step.do()
     return [s.name for s in offs + ons], switched
 
 
-def test_per_device_switch_on_where_off_and_back_exactly_there(proc):
+def test_per_device_switch_on_where_off_and_back_exactly_there(proc, kernel):
     root = proc()
     (root / "ipv6/conf/tun0/force_forwarding").write_text("1\n")  # the admin's
-    names, switched = run({}, LEASE)
+    names, switched = run(kernel, NONE, LEASE)
     assert names == ["enable IPv4 forwarding on ctr0", "enable IPv4 forwarding on tun0", "enable IPv6 forwarding (force_forwarding) on ctr0"]
     assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0"}}
     assert read(root, 6, "ctr0", "force_forwarding") == "1"
     assert all(read(root, 6, dev, "forwarding") == "0" for dev in DEVICES)  # RA acceptance untouched
-    names, switched = run({"forwarding": ["ctr0", "tun0"], "forwarding6": ["ctr0"]}, None)
+    names, switched = run(kernel, {4: {"ctr0", "tun0"}, 6: {"ctr0"}}, None)
     assert names == ["switch IPv4 forwarding on ctr0 back off", "switch IPv4 forwarding on tun0 back off",
                      "switch IPv6 forwarding (force_forwarding) on ctr0 back off"]
     assert (read(root, 6, "ctr0", "force_forwarding"), read(root, 6, "tun0", "force_forwarding")) == ("0", "1")
 
 
-def test_all_forwarding_on_switches_nothing_for_ipv6(proc):
+def test_all_forwarding_on_switches_nothing_for_ipv6(proc, kernel):
     root = proc()
     (root / "ipv6/conf/all/forwarding").write_text("1\n")
-    names, switched = run({}, LEASE)
+    names, switched = run(kernel, NONE, LEASE)
     assert switched[6] == set() and not any("IPv6" in n for n in names)
 
 
-def test_kernel_without_force_forwarding_warns_and_switches_only_ipv4(proc, caplog):
+def test_kernel_without_force_forwarding_warns_and_switches_only_ipv4(proc, caplog, kernel):
     root = proc(force_forwarding=False)
     with caplog.at_level(logging.WARNING, "vpnsplit"):
-        names, switched = run({}, LEASE)
+        names, switched = run(kernel, NONE, LEASE)
     assert switched == {4: {"ctr0", "tun0"}, 6: set()} and not any("IPv6" in n for n in names)
     assert "IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1" in caplog.text
     assert not sysctl.per_device6() and sysctl.forwarding("ctr0", 6) is False
     assert not (root / "ipv6/conf/ctr0/force_forwarding").exists()
 
 
-def test_record_without_forwarding6_loads_and_switches_nothing_back(proc, tmp_path):
+def test_record_without_forwarding6_loads_and_switches_nothing_back(proc, tmp_path, kernel):
     proc()
     d = tmp_path / "state"
     d.mkdir()
     # a record written before IPv6 forwarding was switched per device
     (d / "p.json").write_text(json.dumps({"tunnel": "p", "lease": LEASE.to_json(), "forwarding": ["ctr0"], "when": "2026-01-01T00:00:00+00:00"}))
     statedir = state.StateDir(str(d))
-    assert statedir.load("p") == LEASE
-    names, _ = run(statedir.record("p"), None)
+    record = statedir.record("p")
+    assert record.lease == LEASE and record.forwarding == {4: {"ctr0"}, 6: set()}
+    names, _ = run(kernel, record.forwarding, None)
     assert names == ["switch IPv4 forwarding on ctr0 back off"]
-    statedir.save("p", LEASE, {4: {"ctr0"}, 6: {"tun0", "ctr0"}})
-    assert (statedir.record("p")["forwarding"], statedir.record("p")["forwarding6"]) == (["ctr0"], ["ctr0", "tun0"])
+    statedir.write("p", LEASE, {4: {"ctr0"}, 6: {"tun0", "ctr0"}})
+    doc = json.loads((d / "p.json").read_text())
+    assert (doc["forwarding"], doc["forwarding6"]) == (["ctr0"], ["ctr0", "tun0"])
+    assert statedir.record("p").forwarding == {4: {"ctr0"}, 6: {"ctr0", "tun0"}}

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from vpnsplit import config, plan
+from vpnsplit import config, default_vpn, plan
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -80,11 +80,11 @@ def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_addr
     mark = plan.Rule(6, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "::/0", fwmark=plan.REPLY_MARK, fwmask=plan.REPLY_MARK)
     v4 = plan.Rule(4, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "198.51.100.10/32")
     for lease_ in (lease(v6="fd08::2/64"), lease(), None):
-        state = plan.plan_default(tunnel(), lease_, uplink, [])
+        state = default_vpn.plan_rules(tunnel(), lease_, uplink, [])
         assert {r for r in state.rules if r.priority == plan.DEFAULT_PRIORITY + 1} == {v4, mark}
         assert state.nft == {plan.ReplyMark(6, "tun0")}
     assert str(mark) == "rule from ::/0 fwmark 0x10000000/0x10000000 lookup 254 priority 32001"
     # a rule without a mark is the same value as before the fields existed (observed == planned)
     assert plan.Rule(4, 1, 2, "0.0.0.0/0") == plan.Rule(4, 1, 2, "0.0.0.0/0", "", -1, 0, 0) != mark
     # not strict and no lease: no default rules and no marking at all
-    assert plan.plan_default(tunnel()._replace(strict=False), None, uplink, []) == plan.State()
+    assert default_vpn.plan_rules(tunnel()._replace(strict=False), None, uplink, []) == plan.State()

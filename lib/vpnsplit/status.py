@@ -1,0 +1,128 @@
+"""`vpnsplit status` and `check`: what should be in the kernel according to the records, what
+is, and the difference, per tunnel and for the default VPN; and its text for people."""
+
+from vpnsplit import default_vpn, plan, sysctl
+from vpnsplit.errors import InputError
+
+
+def compared(desired, current):
+    """(each desired object and whether it is present, stale objects, problems) of *current* against *desired*."""
+    d = plan.diff(desired, current)
+    missing = set(d.add.objects())
+    objects = [{"object": str(o), "kind": type(o).__name__.lower(), "present": o not in missing} for o in desired.objects()]
+    stale = [str(o) for o in d.remove.objects()]
+    return objects, stale, [f"missing: {o['object']}" for o in objects if not o["present"]] + [f"stale: {o}" for o in stale]
+
+
+def _moved(kernel, tunnel, lease):
+    """The recorded addresses the device no longer carries while it carries others: the address
+    changed underneath (the rules and NAT still name the old one). A device with no address
+    at all (ifconfig-noexec, or going away) is not counted."""
+    if lease is None or kernel.nl.link_index(tunnel.device) is None:
+        return []
+    live = [a for a in kernel.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+    if not live:
+        return []
+    wanted = {plan.Address(a.version, tunnel.device, str(a.ip)) for a in lease.locals}
+    gone = sorted(wanted - kernel.nl.addresses(tunnel.device, wanted))
+    now = " ".join(str(a.ip) for a in live)
+    return [f"device {tunnel.device} carries {now}, not the recorded {a.address}: address changed underneath" for a in gone]
+
+
+def default_status(kernel, statedir, tunnels):
+    """The host-wide default VPN: its tunnel, each rule that should exist (from the recorded
+    choice and lease) and whether it does, and stale ones; None when there is no default VPN
+    and none of its rules are left."""
+    tunnel = default_vpn.chosen(statedir, tunnels)
+    current = kernel.observe_default()
+    desired = plan.State() if tunnel is None else default_vpn.desired(kernel, (tunnel, statedir.record(tunnel.name).lease), current)
+    if not desired.objects() and not current.objects():
+        return None
+    objects, stale, problems = compared(desired, current)
+    return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
+
+
+def status(kernel, statedir, tunnel):
+    """Per tunnel: the recorded lease, each object that should exist and whether it does, and stale ones.
+    A record that cannot be used is an InputError."""
+    record = statedir.record(tunnel.name)
+    if record.damage:
+        raise InputError(record.damage)
+    lease = record.lease
+    desired = plan.plan_up(tunnel, lease) if lease else plan.plan_down(tunnel)
+    current, foreign, (intact, _) = kernel.observe(tunnel)
+    objects, stale, problems = compared(desired, current)
+    if desired.nft and not intact:
+        problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
+    problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
+    problems += _moved(kernel, tunnel, lease)
+    versions = sorted({n.version for n in tunnel.sources})
+    devices = [tunnel.device, *sorted({dev for v in versions for dev in kernel.source_devices(tunnel, v)})]
+    switched = record.forwarding if lease else {}
+    problems += [f"{sysctl.SWITCH_NAME[v]} on {dev} is off again, though vpnsplit switched it on (for IPv6, writing "
+                 f"net.ipv6.conf.all.forwarding = 0 resets it)"
+                 for v, devs in switched.items() for dev in sorted(devs) if sysctl.switch(dev, v) is False]
+    ipv6 = 6 in versions
+    return {
+        "tunnel": tunnel.name,
+        "device": tunnel.device,
+        "device_present": kernel.nl.link_index(tunnel.device) is not None,
+        "table": tunnel.table,
+        "priority": tunnel.priority,
+        "alias": None if tunnel.alias is None else str(tunnel.alias),
+        "alias6": None if tunnel.alias6 is None else str(tunnel.alias6),
+        "alias_device": tunnel.alias_dev,
+        "strict": tunnel.strict,
+        "state": "up" if lease else "down",
+        "lease": lease.to_json() if lease else None,
+        "recorded_at": record.when if lease else None,
+        "objects": objects,
+        # reverse-path filtering is the first thing that breaks forwarded sources: 0 off, 1 strict, 2 loose
+        "rp_filter": {dev: sysctl.rp_filter(dev) for dev in devices},
+        # whether what arrives on each device is forwarded: IPv4 per device; IPv6 all.forwarding or force_forwarding
+        "forwarding": {dev: sysctl.forwarding(dev, 4) for dev in devices} if 4 in versions else {},
+        "forwarding6": {dev: sysctl.forwarding(dev, 6) for dev in devices} if ipv6 else {},
+        "forwarding6_all": sysctl.all_forwarding6() if ipv6 else None,
+        "forwarding6_per_device": sysctl.per_device6() if ipv6 else None,
+        "stale": stale,
+        "in_sync": not problems,
+        "problems": problems,
+    }
+
+
+def _objects(r):
+    return [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]] + [f"  STALE    {s}" for s in r["stale"]]
+
+
+def describe_default(r):
+    """The default VPN's report in a few lines for people."""
+    head = f"default VPN: tunnel {r['tunnel']}" if r["tunnel"] else "default VPN: off"
+    return "\n".join([head, *_objects(r), f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit default ' + (r['tunnel'] or '--off')}"])
+
+
+def describe(r):
+    """A tunnel's report in a few lines for people."""
+    lease = r["lease"]
+    where = f"{r['state']} on {r['device']}" + ("" if r["device_present"] else " (device absent)")
+    if lease:
+        where += " " + " ".join(a for a in (lease["local4"], lease["local6"]) if a) + f" since {r['recorded_at']}"
+    aliases = " ".join(a for a in (r["alias"], r["alias6"]) if a)
+    head = f"{r['tunnel']}: {where}; table {r['table']}, priority {r['priority']}"
+    head += f", alias {aliases} on {r['alias_device']}" if aliases else ""
+    head += ", strict" if r["strict"] else ""
+    lines = [head, *_objects(r)]
+    rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
+    how6 = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"
+    for dev, v in r["rp_filter"].items():
+        line = f"  rp_filter on {dev}: {rpf.get(v, v)}"
+        if dev in r["forwarding"]:
+            line += f", forwarding {'on' if r['forwarding'][dev] else 'off'}"
+        if dev in r["forwarding6"]:
+            line += f", IPv6 forwarding {'on ' + how6 if r['forwarding6'][dev] else 'off'}"
+        lines.append(line)
+    if r["forwarding6_per_device"] is False and not r["forwarding6_all"]:
+        lines.append("  IPv6 forwarding (net.ipv6.conf.all.forwarding): off: IPv6 sources are not forwarded; set it to 1 "
+                     "(this kernel has no per-device force_forwarding, Linux 6.17+)")
+    lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
+    lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
+    return "\n".join(lines)
