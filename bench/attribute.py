@@ -83,7 +83,7 @@ def main(runs=25):
     t = scene.PROVIDER
     ns = scene.tunnel_ns("attr", [t])
     try:
-        samples = [cold._inprocess_once(ns, t, True, PROBE) for _ in range(runs)]
+        samples = [cold.inprocess_once(ns, t, True, PROBE) for _ in range(runs)]
     finally:
         ns.close()
     if any(s["rc"] for s in samples):

@@ -150,7 +150,7 @@ def inprocess(ns, t, runs):
     parts = {"our_imports": [], "run": [], "total_above_floor": [], "total_above_floor, stderr through a pipe": []}
     for _ in range(runs):
         for to_file in (True, False):
-            d = _inprocess_once(ns, t, to_file)
+            d = inprocess_once(ns, t, to_file)
             total = d["our_imports"] + d["run"]
             if to_file:
                 parts["our_imports"].append(d["our_imports"])
@@ -162,7 +162,7 @@ def inprocess(ns, t, runs):
     return {k: stats(v) for k, v in parts.items()}
 
 
-def _inprocess_once(ns, t, stderr_to_file, code=INPROCESS):
+def inprocess_once(ns, t, stderr_to_file, code=INPROCESS):
     """One cold first apply in-process (*code*: a probe that prints one JSON line; bench/attribute.py passes its own)."""
     scene.reset_all(ns, [t])
     with open(ns.tmp / "hook.log", "w") as log, ns.inside():

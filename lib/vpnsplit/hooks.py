@@ -9,12 +9,43 @@ client stops (OpenVPN runs no down after a failed up, so up has already rolled b
 import logging
 import os
 import sys
+from typing import NamedTuple
 
-from vpnsplit import addresses, engine, openvpn, runner
+from vpnsplit import addresses, config, engine, openvpn, runner
 from vpnsplit.errors import InputError
+from vpnsplit.lease import Lease
 
 log = logging.getLogger("vpnsplit")
 HOOKS = ("up", "down", "wg-up", "wg-down")
+
+
+class Call(NamedTuple):
+    """A hook call that passed validation."""
+
+    tunnel: config.Tunnel
+    tunnels: dict  # every configured tunnel, by name
+    lease: Lease | None  # what OpenVPN's up passed; None for down and wg-quick (read off the device)
+    prepared: tuple  # runner.prepare()'s (state directory, lock timeout)
+
+
+def validate(hook, argv, environ=os.environ):
+    """Everything *hook* checks before its first kernel call: its arguments (and OpenVPN's
+    environment), the config, which tunnel, the state directory and the lock timeout.
+    Returns a Call; InputError names what is wrong, and nothing has been changed."""
+    if hook in ("up", "down"):
+        where = f"openvpn {hook}"
+        parsed = openvpn.parse(argv, environ, want_lease=hook == "up")
+        device, lease, opts = parsed.device, parsed.lease, {"tunnel": parsed.tunnel, "config": parsed.config}
+    elif hook in ("wg-up", "wg-down"):
+        where, lease = hook, None
+        opts, rest = openvpn.split_words(argv, hook)
+        if len(rest) != 1:
+            raise InputError(f"{hook}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
+        device = addresses.ifname(rest[0], f"{hook} interface")
+    else:
+        raise InputError(f"no hook {hook!r} (known: {', '.join(HOOKS)})")
+    cfg = config.load(config.path_from(opts.get("config"), environ))
+    return Call(_tunnel(cfg, device, opts.get("tunnel"), where), cfg.tunnels, lease, runner.prepare(environ))
 
 
 def _tunnel(cfg, device, name, where):
@@ -38,55 +69,32 @@ def _down_root_hint():
 
 
 def openvpn_up(args):
-    call = openvpn.parse(args, os.environ)
-    cfg = runner.load_config(call.config)
-    tunnel = _tunnel(cfg, call.device, call.tunnel, "openvpn up")
+    call = validate("up", args)
     # the lease already recorded: probably a re-run with everything in place
-    with runner.session(changes_expected=lambda statedir: statedir.record(tunnel.name).lease != call.lease) as (kernel, statedir):
-        changes = engine.up(kernel, statedir, tunnel, call.lease, cfg.tunnels)
-    _report("up", tunnel, changes, call.lease)
-
-
-def openvpn_down(args):
-    if not runner.has_net_admin():  # before the config: it may be unreadable to nobody too
-        log.error("%s", _down_root_hint())
-        return
-    call = openvpn.parse(args, os.environ, want_lease=False)
-    cfg = runner.load_config(call.config)
-    _down(_tunnel(cfg, call.device, call.tunnel, "openvpn down"), cfg.tunnels)
+    expected = lambda statedir: statedir.record(call.tunnel.name).lease != call.lease  # noqa: E731
+    with runner.session(call.prepared, changes_expected=expected) as (kernel, statedir):
+        changes = engine.up(kernel, statedir, call.tunnel, call.lease, call.tunnels)
+    _report("up", call.tunnel, changes, call.lease)
 
 
 def wg_up(args):
-    opts, iface = _wg_args(args, "wg-up")
-    cfg = runner.load_config(opts.get("config"))
-    tunnel = _tunnel(cfg, iface, opts.get("tunnel"), "wg-up")
-    with runner.session() as (kernel, statedir):
+    call = validate("wg-up", args)
+    with runner.session(call.prepared) as (kernel, statedir):
         # the peers' endpoints are the VPN servers a default VPN must keep out of the tunnel
-        lease = kernel.device_lease(tunnel, servers=True)
-        changes = engine.up(kernel, statedir, tunnel, lease, cfg.tunnels)
-    _report("up", tunnel, changes, lease)
+        lease = kernel.device_lease(call.tunnel, servers=True)
+        changes = engine.up(kernel, statedir, call.tunnel, lease, call.tunnels)
+    _report("up", call.tunnel, changes, lease)
 
 
-def wg_down(args):
-    if not runner.has_net_admin():
+def down(hook, args):
+    """OpenVPN's down or wg-quick's PreDown: remove what up applied."""
+    if not runner.has_net_admin():  # before the config: it may be unreadable to nobody too
         log.error("%s", _down_root_hint())
         return
-    opts, iface = _wg_args(args, "wg-down")
-    cfg = runner.load_config(opts.get("config"))
-    _down(_tunnel(cfg, iface, opts.get("tunnel"), "wg-down"), cfg.tunnels)
-
-
-def _wg_args(args, where):
-    opts, rest = openvpn.split_words(args, where)
-    if len(rest) != 1:
-        raise InputError(f"{where}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
-    return opts, addresses.ifname(rest[0], f"{where} interface")
-
-
-def _down(tunnel, tunnels):
-    with runner.session() as (kernel, statedir):
-        changes = engine.down(kernel, statedir, tunnel, tunnels)
-    _report("down", tunnel, changes)
+    call = validate(hook, args)
+    with runner.session(call.prepared) as (kernel, statedir):
+        changes = engine.down(kernel, statedir, call.tunnel, call.tunnels)
+    _report("down", call.tunnel, changes)
 
 
 def _report(what, tunnel, changes, lease=None):
@@ -102,7 +110,7 @@ def main(argv=None):
     if hook not in HOOKS:
         log.error("usage: python -m vpnsplit.hooks {%s} ARGS... (normally run through hooks/%s)", ",".join(HOOKS), hook or "up")
         return 2
-    body = {"up": openvpn_up, "down": openvpn_down, "wg-up": wg_up, "wg-down": wg_down}[hook]
+    body = {"up": openvpn_up, "wg-up": wg_up}.get(hook, lambda args: down(hook, args))
     return runner.guarded(lambda: body(argv[1:]), never_fail=hook.endswith("down"))
 
 

@@ -55,23 +55,31 @@ def load_config(explicit=None):
     return config.load(config.path_from(explicit))
 
 
+def prepare(environ=os.environ):
+    """(the state directory, created and checked; the lock timeout) of a run that may change
+    things, from *environ*. InputError if either is unusable: nothing has been changed."""
+    statedir = state.StateDir(state.dir_from(environ))
+    statedir.ensure()
+    return statedir, lock_timeout(environ)
+
+
 @contextlib.contextmanager
-def session(changes_expected=lambda statedir: True):
+def session(prepared=None, changes_expected=lambda statedir: True):
     """The state directory, the lock and the kernel backends, for one run that may change things.
 
-    Writing needs pyroute2 (~0.15 s of CPU to import), reading does not. When
-    *changes_expected*(statedir) says this run will probably write (say, its lease is not
-    the recorded one), pyroute2 is loaded before queueing for the lock, so the lock is held
-    only for the kernel work itself and concurrent runs drain quickly; a run that expects
-    to find everything in place does without it, or loads it under the lock if wrong.
+    *prepared* is what prepare() returned (by default it is called now). Writing needs
+    pyroute2 (~0.15 s of CPU to import), reading does not. When *changes_expected*(statedir)
+    says this run will probably write (say, its lease is not the recorded one), pyroute2 is
+    loaded before queueing for the lock, so the lock is held only for the kernel work itself
+    and concurrent runs drain quickly; a run that expects to find everything in place does
+    without it, or loads it under the lock if wrong.
     """
-    statedir = state.StateDir(state.dir_from())
-    statedir.ensure()
+    statedir, timeout = prepared or prepare()
     kernel = Kernel()
     try:
         if changes_expected(statedir):
             kernel.nl.connect()
-        with statedir.lock(lock_timeout()):
+        with statedir.lock(timeout):
             yield kernel, statedir
     finally:
         kernel.close()

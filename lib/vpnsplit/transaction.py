@@ -1,8 +1,6 @@
 """Steps that carry their undo, run in order, rolled back as a whole when one fails."""
 
 import logging
-import os
-import signal
 
 from vpnsplit.errors import KernelError
 from vpnsplit.nat import NftError
@@ -25,15 +23,11 @@ class Step:
 def run(steps):
     """Run *steps* in order; on the first failure undo what ran, newest first, and raise
     KernelError naming the step. Returns the names of the steps that changed something.
-
-    VPNSPLIT_TEST_KILL_AFTER=N makes the process SIGKILL itself after its N-th step: the
-    crash-consistency tests use it to stop a run at every step in turn.
     """
     if not steps:
         return []  # in place: nothing to do, and no need to load pyroute2 for its errors
     from pyroute2.netlink.exceptions import NetlinkError
 
-    kill_after = int(os.environ.get("VPNSPLIT_TEST_KILL_AFTER", "0") or 0)
     done = []
     for n, step in enumerate(steps, 1):
         try:
@@ -45,8 +39,6 @@ def run(steps):
         if changed:
             log.info("%s", step.name)
             done.append(step)
-        if n == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
     return [s.name for s in done]
 
 

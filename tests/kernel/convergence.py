@@ -137,6 +137,43 @@ class _Batch:
             assert proc.returncode == 0, proc.stderr
 
 
+# Runs one hook or CLI call in its own process, exactly as _DRIVER does, but SIGKILLs it right
+# after the step numbered argv[1] (a run with fewer steps finishes): the crash tests stop runs
+# at every step in turn, the number of kill points coming from the code.
+_KILL_AFTER = """
+import os, signal, sys
+from vpnsplit import cli, hooks, transaction
+after, prog, rest = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+real = transaction.run
+def run(steps):
+    if after <= len(steps):
+        step = steps[after - 1]
+        def do(do=step.do):
+            changed = do()
+            os.kill(os.getpid(), signal.SIGKILL)
+            return changed
+        step.do = do
+    return real(steps)
+transaction.run = run
+sys.exit(cli.main(rest[3:]) if prog.endswith("python3") else hooks.main([os.path.basename(prog), *rest]))
+"""
+
+
+def killing(lab, after):
+    """*lab*, but each vpnsplit call through it (hooks and CLI) is SIGKILLed right after its step *after*."""
+    proxy = copy.copy(lab)
+
+    def exec(*argv, check=False, env=None, timeout=60):
+        argv = [str(a) for a in argv]
+        if argv[:2] == ["/usr/bin/env", "-i"]:
+            i = next(i for i in range(2, len(argv)) if argv[i].startswith("/"))
+            argv = [*argv[:i], str(REPO / ".venv/bin/python3"), "-I", "-c", _KILL_AFTER, str(after), *argv[i:]]
+        return lab.exec(*argv, check=check, env=env, timeout=timeout)
+
+    proxy.exec = exec
+    return proxy
+
+
 @contextlib.contextmanager
 def batched(lab):
     """`with batched(ns) as quick: prefix(quick)`: the same calls, one process."""

@@ -1,7 +1,7 @@
 """Issue 4, section 2: crash consistency and the kernel refusing a step.
 
 Every run of `up`, `up restart` and `down` is SIGKILLed after each of its steps in turn
-(VPNSPLIT_TEST_KILL_AFTER=k, k = 1, 2, ... until a run finishes on its own, so the number
+(convergence.killing(ns, k), k = 1, 2, ... until a run finishes on its own, so the number
 of kill points comes from the code and a new step is covered without touching this file).
 After each kill, the next event runs and the whole kernel (rules, every table, addresses,
 the full nft ruleset) and the state files must equal those of an uninterrupted run.
@@ -25,6 +25,7 @@ from tests.kernel.convergence import (
     canon,
     down_provider,
     fresh_lab,
+    killing,
     move_provider,
     ok,
     state_files,
@@ -118,7 +119,7 @@ def _kill_point(tmp_path, scenario, recovery, k):
     with fresh_lab(tmp_path, f"{scenario}-{recovery}-{k}".replace(" ", "_")) as ns:
         with batched(ns) as quick:
             prefix(quick)
-        killed = event(ns, {"VPNSPLIT_TEST_KILL_AFTER": str(k)})
+        killed = event(killing(ns, k), {})
         if killed.returncode == 0:
             return None
         assert killed.returncode in SIGKILLED, f"kill after step {k}: rc {killed.returncode}: {killed.stderr}"

@@ -3,6 +3,7 @@ tunnel, for IPv4 and IPv6 alike (the `fam` fixture)."""
 
 import json
 
+from tests.kernel.convergence import killing
 from tests.kernel.test_sources_forward import CONFIG as FORWARD_CONFIG
 from tests.kernel.test_sources_forward import TABLE, fam, received, world  # noqa: F401 (fixtures)
 
@@ -199,7 +200,7 @@ def test_a_default_killed_midway_leaves_its_choice_for_check_and_a_rerun(world):
     ns.write_config(CONFIG)
     assert ns.vpnsplit("up", "vpn").returncode == 0
     assert ns.vpnsplit("default", "--off").returncode == 0
-    assert ns.vpnsplit("default", "vpn", env={"VPNSPLIT_TEST_KILL_AFTER": "1"}).returncode == -9
+    assert killing(ns, 1).vpnsplit("default", "vpn").returncode == -9
     assert (ns.state_dir / "default").read_text() == "vpn\n"
     assert ns.vpnsplit("check").returncode == 3
     assert ns.vpnsplit("up", "vpn").returncode == 0

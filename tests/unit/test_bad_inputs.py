@@ -13,7 +13,7 @@ import os
 import pytest
 
 from tests import corpus
-from vpnsplit import config, hooks, openvpn, plan, runner, state
+from vpnsplit import config, hooks, plan
 from vpnsplit.errors import InputError
 
 PURE = [c for c in corpus.CASES if not c.get("needs_kernel")]
@@ -35,18 +35,9 @@ def run_pure(argv, env, hook):
         cfg = config.load(config.path_from(explicit, env), check_owner=os.geteuid() == 0)
         cfg.tunnel(words[1], "vpnsplit up")
         return
-    if hook == "wg-up":
-        opts, device = hooks._wg_args(argv, "wg-up")
-        name, explicit, lease = opts.get("tunnel"), opts.get("config"), None
-    else:
-        call = openvpn.parse(argv, env)
-        device, name, explicit, lease = call.device, call.tunnel, call.config, call.lease
-    cfg = config.load(config.path_from(explicit, env), check_owner=os.geteuid() == 0)
-    tunnel = hooks._tunnel(cfg, device, name, f"openvpn {hook}")
-    state.StateDir(state.dir_from(env)).ensure()
-    runner.lock_timeout(env)
-    if lease is not None:
-        plan.plan_up(tunnel, lease)
+    call = hooks.validate(hook, argv, env)
+    if call.lease is not None:
+        plan.plan_up(call.tunnel, call.lease)
 
 
 def _needs_root(case):
