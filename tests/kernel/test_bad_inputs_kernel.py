@@ -34,6 +34,9 @@ def make_lab(tmp):
         for dev in ("tun6", "tun7"):
             lab.add_tun(dev)
         lab.ip("link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")  # no dummy module everywhere
+        for dev in ("lan0", "lan0p"):
+            # no link-local address, whose DAD would end at any moment, between two dumps
+            lab.ip("link", "set", dev, "addrgenmode", "none")
         lab.ip("link", "set", "lan0p", "up")
         lab.ip("link", "set", "lan0", "up")
         lab.ip("addr", "add", "192.168.77.10/24", "dev", "lan0")
