@@ -9,22 +9,21 @@ of type unreachable in a vpnsplit table is strict fail-closed at work.
 
 import errno
 import ipaddress
-import socket
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vpnsplit.netlink import AF, RTN
-from vpnsplit.plan import Snat
+from vpnsplit.netlink import AF, RTN, RTN_LOCAL
+from vpnsplit.plan import LOCAL_TABLE, MAIN_TABLE, RTPROT_VPNSPLIT, Snat
 
 # "An internet address" when no DST is given: a documentation address; a lookup sends nothing.
-DEFAULT_DST = {4: "192.0.2.1", 6: "2001:db8::1"}
-TABLE_NAMES = {254: "main", 253: "default", 255: "local"}
+INTERNET = {4: "192.0.2.1", 6: "2001:db8::1"}
+TABLE_NAMES = {MAIN_TABLE: "main", 253: "default", LOCAL_TABLE: "local"}
 
 
 def explain(kernel, tunnels, src, dst=None):
     """A dict describing the path of a packet from *src* to *dst* (tunnels: the configured ones)."""
     src = ipaddress.ip_address(src)
-    dst = ipaddress.ip_address(dst or DEFAULT_DST[src.version])
+    dst = ipaddress.ip_address(dst or INTERNET[src.version])
     nl = kernel.nl
     local = _is_local(nl, src)
     iif = None if local else nl.connected_device(ipaddress.ip_network(src))
@@ -79,17 +78,17 @@ def _matching_rule(nl, src, dst, iif):
         if m.get_attr("FRA_IIFNAME") not in (None, iif) or m.get_attr("FRA_OIFNAME"):
             continue
         table = m.get_attr("FRA_TABLE")
-        if table == 255 and not _is_local_route(nl, dst):
+        if table == LOCAL_TABLE and not _is_local_route(nl, dst):
             continue  # `lookup local` only answers for local destinations
         return {"priority": m.get_attr("FRA_PRIORITY") or 0, "table": table,
-                "table_name": TABLE_NAMES.get(table, str(table)), "vpnsplit": m.get_attr("FRA_PROTOCOL") == 118,
+                "table_name": TABLE_NAMES.get(table, str(table)), "vpnsplit": m.get_attr("FRA_PROTOCOL") == RTPROT_VPNSPLIT,
                 "text": _rule_text(m, table)}
     return None
 
 
 def _is_local_route(nl, addr):
     try:
-        return nl.ipr.route("get", dst=str(addr), family=AF[addr.version])[0]["type"] == 2
+        return nl.ipr.route("get", dst=str(addr), family=AF[addr.version])[0]["type"] == RTN_LOCAL
     except NetlinkError:
         return False
 

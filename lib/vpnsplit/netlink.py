@@ -1,7 +1,7 @@
 """Rules, routes and alias addresses: observe what vpnsplit owns (nldump dumps, ioctls for
 devices), and change it (pyroute2).
 
-Ownership: a rule or route is vpnsplit's when it carries protocol PROTO; it belongs to a
+Ownership: a rule or route is vpnsplit's when it carries protocol RTPROT_VPNSPLIT; it belongs to a
 tunnel when it points at (or lives in) that tunnel's table. Aliases are the configured
 addresses on the configured device. Nothing else in the kernel is ever read as ours.
 
@@ -17,7 +17,7 @@ import socket
 from vpnsplit import nldump
 from vpnsplit.errors import InputError
 from vpnsplit.nlrequests import AF, addr_spec, named, no_device, route_spec, rule_spec, tolerate
-from vpnsplit.plan import EVERYWHERE, MAIN_TABLE, PROTO, Address, Route, Rule
+from vpnsplit.plan import EVERYWHERE, MAIN_TABLE, RTPROT_VPNSPLIT, Address, Route, Rule
 
 RTN_UNICAST, RTN_LOCAL, RTN_UNREACHABLE = 1, 2, 7  # route types
 RTN = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}
@@ -135,11 +135,11 @@ class Netlink:
     def dump_rules(self):
         """All of vpnsplit's rules as Rule objects; one dump per family.
 
-        Read with nldump, which decodes only rules carrying PROTO: pyroute2 would decode
+        Read with nldump, which decodes only rules carrying RTPROT_VPNSPLIT: pyroute2 would decode
         every rule in the kernel (1.6 s with 10,000 foreign rules)."""
         out = []
         for fam in (4, 6):
-            for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask in nldump.rules(AF[fam], PROTO):
+            for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask in nldump.rules(AF[fam], RTPROT_VPNSPLIT):
                 src = f"{src}/{src_len}" if src else EVERYWHERE[fam]
                 dst = f"{dst}/{dst_len}" if dst else ""
                 out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress, fwmark or 0, fwmask or 0))
@@ -152,7 +152,7 @@ class Netlink:
             # nldump: the kernel sends only this table's routes (pyroute2 dumps every table)
             for dst, dst_len, proto, rtn, oif, gateway, metric in nldump.routes(AF[fam], table):
                 dst = f"{dst}/{dst_len}" if dst else EVERYWHERE[fam]
-                if proto != PROTO:
+                if proto != RTPROT_VPNSPLIT:
                     foreign.append(f"{dst} proto {proto}")
                     continue
                 rtype = RTN.get(rtn, str(rtn))

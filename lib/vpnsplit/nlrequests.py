@@ -8,7 +8,7 @@ import contextlib
 import errno
 import socket
 
-from vpnsplit.plan import PROTO
+from vpnsplit.plan import RTPROT_VPNSPLIT
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 IFA_F_NODAD = 0x02  # an IPv6 alias must be usable at once, not after duplicate detection
@@ -50,7 +50,7 @@ def tolerate(call, cmd, codes, **spec):
 def rule_spec(rule):
     """Every selector of *rule*, so that a delete never hits a foreign rule."""
     addr, _, length = rule.src.partition("/")
-    spec = dict(family=AF[rule.family], table=rule.table, priority=rule.priority, protocol=PROTO)
+    spec = dict(family=AF[rule.family], table=rule.table, priority=rule.priority, protocol=RTPROT_VPNSPLIT)
     if int(length):
         spec.update(src=addr, src_len=int(length))
     if rule.suppress >= 0:
@@ -65,7 +65,7 @@ def rule_spec(rule):
 
 def route_spec(route, oif):
     """*route* through device index *oif* (None: no device, the strict unreachable)."""
-    spec = dict(family=AF[route.family], dst=route.dst, table=route.table, proto=PROTO, type=route.type, priority=route.metric)
+    spec = dict(family=AF[route.family], dst=route.dst, table=route.table, proto=RTPROT_VPNSPLIT, type=route.type, priority=route.metric)
     if oif is not None:
         spec["oif"] = oif
     if route.gateway:

@@ -21,7 +21,6 @@ class HookCall(NamedTuple):
     device: str
     tunnel: str | None = None  # --tunnel NAME
     config: str | None = None  # --config PATH
-    context: str = "init"
     lease: Lease | None = None  # None for down: it needs only the device
 
 
@@ -72,7 +71,7 @@ def parse(argv, env, want_lease=True):
             raise InputError(f"{where}: $script_context {context!r} is not init or restart")
     dev = addresses.ifname(dev, f"{where} dev")
     lease = _lease(dev, local, remote, env) if want_lease else None
-    return HookCall(device=dev, tunnel=opts.get("tunnel"), config=opts.get("config"), context=context, lease=lease)
+    return HookCall(device=dev, tunnel=opts.get("tunnel"), config=opts.get("config"), lease=lease)
 
 
 def _lease(dev, local, remote, env):

@@ -2,7 +2,7 @@
 
 Pure functions over NamedTuples (immutable, hashable, ordered values; a tenth of what a
 frozen dataclass costs to define, which every hook run pays at import), so the whole
-desired state can be tested without root. Everything here is "ours": rules and routes carry PROTO, the NAT entries
+desired state can be tested without root. Everything here is "ours": rules and routes carry RTPROT_VPNSPLIT, the NAT entries
 live in vpnsplit's own nft table, and a tunnel's objects are told apart by its table.
 """
 
@@ -12,7 +12,7 @@ from vpnsplit.errors import InputError
 
 # The route/rule protocol number that marks vpnsplit's objects (`ip rule` shows "proto 118";
 # `make install` names it in /etc/iproute2/rt_protos.d). Unassigned in iproute2's list.
-PROTO = 118
+RTPROT_VPNSPLIT = 118
 # The strict fail-closed route: a metric no real route beats, as with OpenWrt pbr.
 UNREACHABLE_METRIC = 0xFF000000
 # Explicit for both families: the kernel turns an IPv6 metric of 0 into 1024 anyway.
@@ -24,7 +24,7 @@ DEFAULT_PRIORITY = 32000
 DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
 
 
-MAIN_TABLE = 254
+MAIN_TABLE, LOCAL_TABLE = 254, 255
 # The conntrack and packet mark bit of the default VPN's IPv6 replies (see ReplyMark). Chosen
 # clear of the well-known users: kube-proxy 0x4000/0x8000, Tailscale and OpenWrt pbr 0xff0000,
 # wg-quick's fwmark 0xca6c, mwan3 0x3f00, Cilium's 0x0f00 (Calico's default mask 0xffff0000
@@ -253,9 +253,6 @@ def _tunnel_route(tunnel, lease, local, gateway):
 class Diff(NamedTuple):
     add: State
     remove: State
-
-    def __bool__(self):
-        return bool(self.add.objects() or self.remove.objects())
 
 
 def diff(desired, current):

@@ -20,6 +20,7 @@ from pyroute2 import IPRoute
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
 VPNSPLIT = [str(REPO / ".venv/bin/python3"), "-I", "-m", "vpnsplit"]
+PROTO = 118  # the protocol of vpnsplit's rules and routes, written out: the tests check plan.RTPROT_VPNSPLIT
 _serial = itertools.count()
 
 # The tunnels most kernel tests use: `provider` (IPv4 + IPv6, aliases on the tunnel device,

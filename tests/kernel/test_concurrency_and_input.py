@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import filelock
 import pytest
 
-from tests.kernel.nslab import HOOKS
+from tests.kernel.nslab import HOOKS, PROTO
 
-PROTO = 118
 TUNNELS = 3
 
 

@@ -9,7 +9,6 @@ untouched namespace that saw only those last events.
 
 import copy
 import json
-import os
 import random
 import re
 import subprocess
@@ -18,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.kernel.convergence import batched, canon, fresh_lab, ok, state_files
+from tests.kernel.nslab import PROTO
 
 TUNNELS, PER_TUNNEL = 10, 5
-PROTO = 118
 
 
 def config():

@@ -1,16 +1,14 @@
 """Issue 2's kernel-level contract: what the hooks leave in a real kernel, run as the VPN clients run them."""
 
 import json
-import socket
 import sys
 
 import pytest
 
-from tests.kernel.nslab import PROVIDER, REPO, WORK
+from tests.kernel.nslab import PROTO, PROVIDER, REPO, WORK
 
 V4, V6 = 4, 6
 UNICAST, UNREACHABLE = 1, 7
-PROTO = 118
 METRIC, FAIL_METRIC = 1024, 0xFF000000
 
 TWO_TUNNELS = PROVIDER + WORK + "strict       = false\n"

@@ -17,9 +17,8 @@ import types
 
 import pytest
 
-from tests.kernel.nslab import NetnsLab
+from tests.kernel.nslab import PROTO, NetnsLab
 
-PROTO = 118
 CONFIG = """
 [tunnel.vpn]
 device   = "vpn0"

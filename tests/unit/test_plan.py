@@ -8,7 +8,8 @@ from vpnsplit import config, default_vpn, plan
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
-P = plan.PROTO
+P = plan.RTPROT_VPNSPLIT
+NO_CHANGE = plan.Diff(plan.State(), plan.State())
 
 
 def tunnel(**kw):
@@ -69,7 +70,7 @@ def test_diff_of_restart_swaps_only_what_changed():
     d = plan.diff(plan.plan_up(t, lease("10.8.0.7/24")), plan.plan_up(t, lease()))
     assert d.add.rules == {plan.Rule(4, 1000, 100, "10.8.0.7/32")} and d.remove.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32")}
     assert d.add.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7"), plan.Guard(4, "10.8.0.7", "tun0")} and not d.add.routes and not d.remove.routes
-    assert not plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease()))
+    assert plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease())) == NO_CHANGE
 
 
 def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_address():
