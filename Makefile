@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip open
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
                 util-linux git make
 
-.PHONY: dev deps test unit kernel lab demo bench install uninstall clean
+.PHONY: dev deps lint test unit kernel lab demo bench install uninstall clean
 
 dev: deps $(VENV)/.installed
 
@@ -34,12 +34,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Unit tests (parsers, planner) need no root and run first; kernel and lab tests
-# create network namespaces of their own and never touch the host's.
-test: dev
+# The linter first (seconds); unit tests (parsers, planner) need no root and run next;
+# kernel and lab tests create network namespaces of their own and never touch the host's.
+test: lint
 	$(PY) -m pytest -q tests/unit
 	$(PY) -m pytest -q tests/kernel
 	$(PY) -m pytest -q tests/test_lab_*.py
+
+lint: dev
+	$(VENV)/bin/ruff check lib tests bench
 
 unit: dev
 	$(PY) -m pytest -q tests/unit

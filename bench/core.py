@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 PY = str(REPO / ".venv/bin/python3")
 HOOKS = REPO / "hooks"

@@ -3,8 +3,8 @@ one tunnel's `up` and `status` in a namespace crowded with 100 tunnels and 10,00
 """
 
 from bench import scene
-from bench.core import Cmd, interleave, stats
 from bench.cold import same_state
+from bench.core import Cmd, interleave, stats
 
 N_TUNNELS = 100
 N_FOREIGN_RULES = 10_000
@@ -34,14 +34,14 @@ def run_many(runs=7, slow_runs=3, budget=150):
         # everything in place already: a re-apply (what a periodic `up --all` or a restart does)
         scene.up_all_in_one(ns, tunnels)
         reference = ns.dump()
-        cmds = [Cmd(f"100 x shell_up.sh (in place)", ns, calls=shell)]
+        cmds = [Cmd("100 x shell_up.sh (in place)", ns, calls=shell)]
         cmds += [Cmd(f"{label} (in place)", ns, argv, env=_env(ns)) for argv, label in ones]
         samples = interleave(cmds, runs, budget=budget / 3)
         out["in_place_state_unchanged"] = not same_state(ns, reference, ns.dump())
 
         # from nothing: every tunnel's objects removed before each sample
         reset = lambda: scene.reset_all(ns, tunnels)  # noqa: E731
-        cold = [Cmd(f"100 x shell_up.sh (from empty)", ns, calls=shell, before=reset)]
+        cold = [Cmd("100 x shell_up.sh (from empty)", ns, calls=shell, before=reset)]
         cold += [Cmd(f"{label} (from empty)", ns, argv, env=_env(ns), before=reset) for argv, label in ones]
         samples.update(interleave(cold, runs, budget=budget / 3))
         out["from_empty_shell_equals_vpnsplit"] = _compare_cold(ns, tunnels, shell, ones[0][0])

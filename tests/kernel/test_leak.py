@@ -16,7 +16,18 @@ import time
 
 import pytest
 
-from tests.kernel.convergence import CONFIG, batched, canon, down_provider, fresh_lab, move_provider, ok, state_files, up_provider, up_work
+from tests.kernel.convergence import (
+    CONFIG,
+    batched,
+    canon,
+    down_provider,
+    fresh_lab,
+    move_provider,
+    ok,
+    state_files,
+    up_provider,
+    up_work,
+)
 from tests.kernel.nslab import PROVIDER, NetnsLab
 
 PORT, CONTROL_PORT = 40404, 40405

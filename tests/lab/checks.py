@@ -8,7 +8,18 @@ way?"), with the answer vpnsplit promises. Tests assert them all; the demo print
 import dataclasses
 import time
 
-from .netns import HOST_ADDR, HOST_ADDR6, ISP_LAN, ISP_LAN6, ISP_WAN, ISP_WAN6, LAN_NEIGHBOUR, LAN_NEIGHBOUR6, TARGET, TARGET6
+from .netns import (
+    HOST_ADDR,
+    HOST_ADDR6,
+    ISP_LAN,
+    ISP_LAN6,
+    ISP_WAN,
+    ISP_WAN6,
+    LAN_NEIGHBOUR,
+    LAN_NEIGHBOUR6,
+    TARGET,
+    TARGET6,
+)
 
 PROTOS = ("tcp", "udp")
 

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+
 from vpnsplit import config, state, sysctl
 from vpnsplit.kernel import Kernel
 from vpnsplit.lease import Lease
