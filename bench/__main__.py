@@ -66,7 +66,7 @@ def goals(r):
                     "ok": ip["total_above_floor"]["median"] <= 10,
                     "why": "what is left is pyroute2's per-request write path (six writes ~2.7 ms), libnftables' context, "
                            "listing and batch (~2.8 ms), our imports (tomllib ~1.5 ms): no cut found that keeps pyroute2 "
-                           "for every write and the nft listing a first apply needs (notes)"})
+                           "for every write and the nft listing a first apply needs (part 2)"})
         n = c["noop_check"]
         quiet = not n["monitor_lines_during_noop"] and n["dump_unchanged"] and n["state_file_untouched"]
         out.append({"n": 2, "goal": "no-op re-run: no kernel writes, faster than the first apply",
@@ -95,7 +95,7 @@ def goals(r):
                     # both conn/s figures must clear the bar: wall-clock conn/s alone swings ±10% with others' load
                     "ok": t >= 0.95 and min(cr, cpu) >= 0.9,
                     "why": "the kernel's ip rules are a linear list and the bench puts tun0's rules after 198 others: "
-                           "each new connection walks them ~3 times (part 5 notes); nft does not grow with tunnels. "
+                           "each new connection walks them ~3 times (part 5); nft does not grow with tunnels. "
                            "Closes for a tunnel whose rules come first (a low `id`/`priority`), which is the user's choice"})
     return out
 
@@ -109,7 +109,7 @@ def main():
     args = ap.parse_args()
     if args.render:
         results = json.loads(RESULTS.read_text())
-        results["goals"], results["notes"] = goals(results), notes(results)
+        results["goals"] = goals(results)
         MARKDOWN.write_text(report.render(results))
         return 0
     if os.geteuid() != 0:
@@ -143,7 +143,6 @@ def main():
         print(f"bench: {key} took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     results["seconds"] = time.monotonic() - start
     results["goals"] = goals(results)
-    results["notes"] = notes(results)
     text = report.render(results)
     if args.no_write:
         print(text)
@@ -154,97 +153,6 @@ def main():
     for g in results["goals"]:
         print(f"bench: goal {g['n']}: {'met' if g['ok'] else 'MISSED'}: {g['measured']}", file=sys.stderr)
     return 0
-
-
-def notes(r):
-    """The notes under the tables, with this run's figures: results.json and BENCHMARKS.md both carry them."""
-    out = [
-        "The machine is shared: other sessions ran tests at the same time (see the load average above), which "
-        "widens min-max spreads. Interleaving makes contenders share the noise; ratios of medians are the robust "
-        "figures, and CPU time (rusage) moves far less with others' load than wall time.",
-        "Goal 1, the floor: `import pyroute2` runs the package's __init__, which imports ndb, ipdb, conntrack/nfnetlink, "
-        "asyncio, multiprocessing, ssl and unittest; importing a submodule runs it too. It is most of the floor; "
-        "filelock 4.x adds ~10 ms. A hook run that changes something needs pyroute2 (it makes every netlink write), "
-        "so for a first apply the floor is what a hook run costs at the least.",
-    ]
-    ip = r.get("1_cold", {}).get("inprocess")
-    if ip:
-        out.append(
-            f"Goal 1, above the floor (was 25.4 ms: 10.2 imports + 15.2 run, before the previous round). This run: "
-            f"{ip['our_imports']['median']:.1f} + {ip['run']['median']:.1f} ms (minima {ip['our_imports']['min']:.1f} + "
-            f"{ip['run']['min']:.1f}). " + GOAL1_PHASES)
-    out += [
-        "Goal 2: a run whose lease is the recorded one reads the kernel without pyroute2 (rules, routes and addresses "
-        "with lib/vpnsplit/nldump.py, device indexes by ioctl) and writes nothing, so it never imports pyroute2: "
-        "most of the floor. If the kernel had drifted, it loads pyroute2 under the lock and repairs; a run that "
-        "will probably write (a new lease, no record) loads it before queueing for the lock, as before.",
-        "Goal 3, what was O(everything) per tunnel and is fixed: lease_from_device and observe each called pyroute2's "
-        "get_addr(index=...), which dumps every address of the namespace and decodes each (2 dumps x 100 tunnels x "
-        "~200 addresses: 1.5 s of `up --all`); the overlap check re-dumped and re-parsed main per tunnel (~0.1 s); "
-        "the device type cost a request per tunnel even when the recorded lease was kept. Now one address dump and "
-        "one main dump per run, shared by all tunnels (like the rule dump), and the type is read only for a new "
-        "lease. In place, `up --all` then needs no pyroute2 at all (goal 2). Earlier: dump_rules took 1.5 s with "
-        "10,000 foreign rules and table_routes dumped every table per tunnel; nldump decodes only rules carrying "
-        "proto 118 and asks the kernel for one table.",
-        "Goal 3, loop_up.py (engine.up per tunnel) stays slower than `up --all`: one nft transaction, one rule dump "
-        "and one write path per tunnel instead of one for the run.",
-    ]
-    p = r.get("5_packet", {})
-    if "derived" in p:
-        d = p["derived"]
-        e = {k: f"{100 / d['CPU per connection, ' + v + ' / 1 tunnel']:.0f}%" for k, v in CPU_VARIANTS.items()}
-        walk = next(k for k in d if k.startswith("ns of CPU per connection per rule walked"))
-        share = d["share of the walk's CPU that is the SYN-ACK's reverse-path lookup"]
-        census = p["checks"]["census"]
-        walked = census["last"]["ipv4_rules"] - census["nft"]["ipv4_rules"]  # rules before tun0's
-        out += [
-            "Goal 5, where the 100-tunnel conn/s loss comes from (CPU per connection, 1 tunnel = 100%, as a conn/s "
-            f"equivalent): 100 tunnels with tun0's rules last {e['last']}; the same with tun0's rules first {e['first']}; "
-            f"100 tunnels' rules but one tunnel's nft elements {e['rules']}; one tunnel's rules but 100 tunnels' nft "
-            f"elements {e['nft']}. "
-            "So the loss is the walk over the ip rules placed before the tunnel's own, not nftables: the SNAT map and "
-            "the guard sets cost one lookup each however many tunnels they hold. Figure: "
-            f"{d[walk]:.1f} ns of CPU per connection for each rule before the tunnel's ({walked} here), ~{d[walk] / 3:.1f} ns "
-            "per rule per walk on average, since a new connection walks the rules three times: connect() looks the route up "
-            "once with the bound source and again once the kernel has picked the source port (ip_route_newports), and "
-            "the SYN-ACK's reverse-path check (fib_validate_source does a full lookup with the alias as source whenever "
-            "any ip rule has been added, rp_filter or not) walks them once more. SNAT adds no lookup (postrouting, no "
-            f"re-route). Skipping the reverse-path lookup (accept_local on tun0, a diagnostic only) leaves {e['rpcheck']}: "
-            f"that lookup is {100 * share:.0f}% of the walk's cost (three walks of equal cost would make it 33%).",
-            "Goal 5, what a user can do: give the busiest tunnels the lowest `id` (or `priority`): their rules then come "
-            "first and their connections pay no walk (the *first* row). At 100 tunnels the walk costs a connection "
-            f"~{d[walk] * walked / 1000:.1f} µs of CPU; a bulk stream pays nothing per packet (an established socket keeps its "
-            "route). What vpnsplit could do and does not: the rules sit at the priorities the user configured, "
-            "interleaved with other tools' rules, so reordering them or adding a gate rule that jumps over vpnsplit's "
-            "block would change which rule some packet meets first; one rule per tunnel instead of two is not possible "
-            "(the tunnel address and the alias are two unrelated /32s); accept_local would skip the reverse-path lookup "
-            "but makes the kernel accept packets from the tunnel that claim one of the host's own addresses as their "
-            "source (the martian check it skips). None of these keeps every packet's outcome the same, so lib/ "
-            "is unchanged.",
-        ]
-    return out
-
-
-# the CPU-per-connection variants of part 5, as bench/packet.py names them in "derived"
-CPU_VARIANTS = {
-    "last": "100 tunnels",
-    "first": "100 tunnels with tun0's rules first",
-    "rules": "100 tunnels' rules, 1 tunnel's nft entries",
-    "nft": "1 tunnel's rules, 100 tunnels' nft entries",
-    "rpcheck": "100 tunnels without the reverse-path lookup",
-}
-
-# Measured once by phase in a cold process (bench namespace, 7 runs, at 48e00c6; the code path is unchanged since).
-GOAL1_PHASES = (
-    "Our imports: the frozen, ordered dataclasses (~0.5-1 ms each to define) are NamedTuples now; what is left is "
-    "tomllib ~1.5 ms and ~17 small modules at ~0.1-0.2 ms each. The run, timed by phase in a cold process: six "
-    "pyroute2 writes ~2.7 ms (3 routes, the alias, 2 rules; the first request of each message type also builds "
-    "pyroute2's attribute tables), the nft batch that creates the table ~1.6 ms, the libnftables context ~0.9 ms "
-    "and its listing ~0.25 ms, the IPRoute socket ~0.7 ms, lock ~0.2 ms, state file ~0.2 ms, every read "
-    "(nldump rules, routes, addresses; ioctls for devices) ~0.4 ms. What would close the last ~3 ms: fewer, "
-    "cheaper writes than pyroute2's per-request path (its sync API runs an asyncio loop and request filters "
-    "for every call, ~0.25 ms once warm), which the project's rule (pyroute2 for every netlink write) excludes."
-)
 
 
 if __name__ == "__main__":
