@@ -132,6 +132,17 @@ class NetnsLab:
         if v6:
             self.ip("-6", "addr", "add", v6, "dev", dev, "nodad")
 
+    def add_container_link(self):
+        """ctr0 (10.20.1.1/24, fd20:1::1/64), a veth whose far end ctr1 stays in the namespace: where a
+        container subnet would be connected. No link-local addresses, whose DAD would end at any time."""
+        self.ip("link", "add", "ctr0", "type", "veth", "peer", "name", "ctr1")
+        for dev in ("ctr0", "ctr1"):
+            self.ip("link", "set", dev, "addrgenmode", "none")
+        self.ip("addr", "add", "10.20.1.1/24", "dev", "ctr0")
+        self.ip("-6", "addr", "add", "fd20:1::1/64", "dev", "ctr0", "nodad")
+        for dev in ("ctr0", "ctr1"):
+            self.ip("link", "set", dev, "up")
+
     # -- running vpnsplit as the VPN clients do --------------------------------------------
     def env(self, extra=None):
         env = {"VPNSPLIT_CONFIG": str(self.config), "VPNSPLIT_STATE_DIR": str(self.state_dir)}

@@ -44,14 +44,7 @@ SOURCES = 'sources = ["10.20.1.0/24", "fd20:1::/64"]\n'
 
 def base(ns):
     ns.write_config(CONFIG.replace(WORK, SOURCES + WORK))
-    # the container's end stays in ns too; no link-local addresses, whose DAD would finish at any time
-    ns.ip("link", "add", "ctr0", "type", "veth", "peer", "name", "ctr1")
-    for dev in ("ctr0", "ctr1"):
-        ns.ip("link", "set", dev, "addrgenmode", "none")
-    ns.ip("addr", "add", "10.20.1.1/24", "dev", "ctr0")
-    ns.ip("-6", "addr", "add", "fd20:1::1/64", "dev", "ctr0", "nodad")
-    for dev in ("ctr0", "ctr1"):
-        ns.ip("link", "set", dev, "up")
+    ns.add_container_link()
     ns.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
     ns.add_tun("tun1", "10.9.0.6", peer="10.9.0.5")
     ok(up_work(ns))  # another tunnel is up throughout: no kill may disturb it

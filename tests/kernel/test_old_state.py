@@ -24,13 +24,7 @@ PROVIDER_ENV = {"ifconfig_ipv6_local": "fd00:8::1000", "ifconfig_ipv6_netbits": 
 def scene(ns):
     """The devices and config the records were written for; nothing of vpnsplit's applied."""
     ns.write_config(CONFIG)
-    ns.ip("link", "add", "ctr0", "type", "veth", "peer", "name", "ctr1")
-    for dev in ("ctr0", "ctr1"):
-        ns.ip("link", "set", dev, "addrgenmode", "none")
-    ns.ip("addr", "add", "10.20.1.1/24", "dev", "ctr0")
-    ns.ip("-6", "addr", "add", "fd20:1::1/64", "dev", "ctr0", "nodad")
-    for dev in ("ctr0", "ctr1"):
-        ns.ip("link", "set", dev, "up")
+    ns.add_container_link()
     ns.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
     ns.add_tun("tun1", "10.9.0.6", peer="10.9.0.5")
 
