@@ -1,13 +1,11 @@
 """The `vpnsplit` command: re-apply or remove a tunnel by hand, and see what the kernel holds."""
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
 
 from vpnsplit import default_vpn, engine, runner, state, status
-from vpnsplit.errors import InputError
 from vpnsplit.kernel import Kernel
 
 log = logging.getLogger("vpnsplit")
@@ -82,11 +80,7 @@ def cmd_default(args, cfg):
 def cmd_explain(args, cfg):
     from vpnsplit import explain  # here: it imports pyroute2, which no other command needs to
 
-    for value, what in ((args.src, "SRC"), (args.dst, "DST")):
-        try:
-            value is None or ipaddress.ip_address(value)
-        except ValueError:
-            raise InputError(f"vpnsplit explain: {what} {value!r} is not an IP address") from None
+    explain.addresses(args.src, args.dst)  # before the kernel is asked anything
     kernel = Kernel()
     try:
         report = explain.explain(kernel, cfg.tunnels, args.src, args.dst)
