@@ -4,6 +4,7 @@ Loading validates everything up front (types, ranges, clashes between tunnels), 
 bad config stops a hook before it touches the kernel and names the offending key.
 """
 
+import errno
 import ipaddress
 import os
 import re
@@ -20,9 +21,11 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
 # 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, wg-quick takes the
-# free ones just below (32765, 32764), and the host-wide default VPN uses 32000-32003
-# (plan.DEFAULT_PRIORITIES): a tunnel's own rules stay under all of them.
-PRIORITY_MIN, PRIORITY_MAX = 1, 31999 - (PRIORITY_SPAN - 1)
+# free ones just below (32765, 32764), the host-wide default VPN uses 32000-32003
+# (plan.DEFAULT_PRIORITIES), and 31990-31991 are reserved for its mark rules (the VPN clients'
+# own packets, its DNS): a tunnel's own rules end at or below PRIORITY_LAST.
+PRIORITY_LAST = 31989
+PRIORITY_MIN, PRIORITY_MAX = 1, PRIORITY_LAST - (PRIORITY_SPAN - 1)
 # OpenWrt's pbr deletes every rule in this window when it reloads.
 SWEPT_PRIORITIES = range(29745, 30002)
 # `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
@@ -74,12 +77,13 @@ class Config(NamedTuple):
     path: str
     tunnels: dict  # name -> Tunnel, in file order
 
-    def tunnel(self, name, where):
-        """The tunnel called *name*; InputError naming the known ones otherwise."""
+    def tunnel(self, name, where=None):
+        """The tunnel called *name*; InputError naming the known ones otherwise (after *where*,
+        when the caller's log prefix does not already say it)."""
         try:
             return self.tunnels[name]
         except KeyError:
-            raise InputError(f"{where}: no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
+            raise InputError(f"{where + ': ' if where else ''}no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
 
     def tunnel_for_device(self, device, where):
         """The tunnel whose `device` is *device*; InputError otherwise."""
@@ -105,7 +109,8 @@ def load(path, check_owner=None):
     """Read and validate the config at *path*.
 
     As root, the file must be owned by root and not writable by group or others (like
-    sshd): whoever can write it decides how this host routes. Only a regular file of at
+    sshd): whoever can write it decides how this host routes. A symlink is refused: those
+    checks would be the target's, while whoever can write the link chose the target. Only a regular file of at
     most MAX_SIZE bytes is read: a directory, FIFO or device (/dev/zero) would otherwise
     give a traceback, block, or fill memory. O_NONBLOCK keeps the open of a FIFO from
     blocking before fstat can tell what it is.
@@ -114,6 +119,11 @@ def load(path, check_owner=None):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        if getattr(e, "errno", None) == errno.ELOOP:  # O_NOFOLLOW met a symlink as the last component
+            raise InputError(
+                f"{where}: is a symbolic link, which vpnsplit refuses: the owner and mode it checks are the file's, and "
+                f"a link lets whoever controls it choose another file; give the file itself (--config or $VPNSPLIT_CONFIG)"
+            ) from None
         raise InputError(f"{where}: cannot open: {getattr(e, 'strerror', None) or e}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # before fdopen, which refuses a directory with an OSError
@@ -196,7 +206,8 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-31999 (32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
+            f"which must stay within {PRIORITY_MIN}-{PRIORITY_LAST} (31990-31991 are reserved for the default VPN's mark rules, "
+            f"32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
         raise InputError(
