@@ -40,12 +40,12 @@ def addresses(src, dst):
         try:
             parsed.append(None if value is None else ipaddress.ip_address(value))
         except ValueError:
-            raise InputError(f"explain: {what} {value!r} is not an IP address") from None
+            raise InputError(f"{what} {value!r} is not an IP address") from None
     src, dst = parsed
     dst = dst or ipaddress.ip_address(INTERNET[src.version])
     if src.version != dst.version:
         raise InputError(
-            f"explain: SRC {src} is IPv{src.version} and DST {dst} is IPv{dst.version}; a packet has one family"
+            f"SRC {src} is IPv{src.version} and DST {dst} is IPv{dst.version}; a packet has one family"
         )
     return src, dst
 
