@@ -28,8 +28,8 @@ REFUSED = {
     errno.EHOSTUNREACH: "unreachable",
     errno.ENETUNREACH: "unreachable",
     errno.EACCES: "prohibit",
-    errno.EINVAL: "blackhole",
 }
+# EINVAL: a blackhole, or a source this host cannot send from; only the replayed walk tells which
 
 
 def addresses(src, dst):
@@ -132,7 +132,8 @@ def _confirmed(hit, out):
         agrees = hit.table == out["table"] and hit.outcome not in rulewalk.ERRORS.values()
         why = f"the rules replayed lead to {_table(hit)}, the kernel used table {out['table']}"
     else:
-        agrees = REFUSED.get(out["errno"]) == hit.outcome and out["forwarding"] is not False
+        said = REFUSED.get(out["errno"]) or ("blackhole" if out["errno"] == errno.EINVAL else None)
+        agrees = said == hit.outcome and out["forwarding"] is not False
         why = f"the kernel refused ({out['verdict']}); the rules replayed lead to {_table(hit)}: {hit.outcome}"
     if not agrees:
         return {"rule": None, "rule_status": "unknown", "rule_why": why}
@@ -149,6 +150,7 @@ def _confirmed(hit, out):
         },
         "rule_status": "matched",
         "table": table,
+        "verdict": hit.outcome if out["table"] is None else out["verdict"],
     }
 
 

@@ -105,3 +105,12 @@ def test_explain_mixed_families_is_bad_input(host):
     proc = host.vpnsplit("explain", "10.192.8.1", "fe80::1")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "IPv4" in proc.stderr and "IPv6" in proc.stderr, proc.stderr
+
+
+def test_explain_refusals_blackhole_and_a_source_it_cannot_send_from(host):
+    """A refusal names no table: the rule is shown only when the replayed walk refuses the same way."""
+    stranger = explain(host, "192.0.2.77")  # on no device and no connected network: the kernel refuses it
+    assert stranger["verdict"] != "blackhole" and stranger["rule_status"] == "unknown", stranger
+    host.ip("rule", "add", "from", "10.192.8.1", "blackhole", "priority", "900")
+    hole = explain(host, "10.192.8.1")
+    assert (hole["verdict"], hole["rule"]["priority"], hole["rule"]["text"]) == ("blackhole", 900, "900: from 10.192.8.1/32 blackhole")
