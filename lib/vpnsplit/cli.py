@@ -1,13 +1,11 @@
 """The `vpnsplit` command: re-apply or remove a tunnel by hand, and see what the kernel holds."""
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
 
-from vpnsplit import default_vpn, engine, runner, state, status
-from vpnsplit.errors import InputError
+from vpnsplit import __version__, default_vpn, engine, runner, state, status
 from vpnsplit.kernel import Kernel
 
 log = logging.getLogger("vpnsplit")
@@ -44,29 +42,47 @@ def _parser():
     p = argparse.ArgumentParser(
         prog="vpnsplit", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config", metavar="PATH", help="config file (default: $VPNSPLIT_CONFIG, else /etc/vpnsplit/vpnsplit.toml)")
-    p.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    p.add_argument("--version", action="version", version=f"vpnsplit {__version__}")
+    _common(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    up = sub.add_parser("up", help="apply a tunnel's routes, rules, alias and NAT (idempotent)")
-    down = sub.add_parser("down", help="remove what up applied (the strict fail-closed routes stay)")
+
+    def command(name, text):
+        s = sub.add_parser(name, help=text, description=text)
+        _common(s, argparse.SUPPRESS)  # before or after the command: `vpnsplit status --config X` too
+        return s
+
+    up = command("up", "apply a tunnel's routes, rules, alias and NAT (idempotent)")
+    down = command("down", "remove what up applied (the strict fail-closed routes stay)")
     for s in (up, down):
         which = s.add_mutually_exclusive_group(required=True)
         which.add_argument("name", nargs="?", metavar="NAME", help="tunnel name: the NAME of [tunnel.NAME]")
         which.add_argument("--all", action="store_true", help="every configured tunnel, in one transaction")
     for cmd, text in (("status", "show, per tunnel, what should be in the kernel and what is"), ("check", "exit 3 when the kernel differs from the recorded state")):
-        s = sub.add_parser(cmd, help=text)
+        s = command(cmd, text)
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
-    de = sub.add_parser("default", help="send all of the host's internet traffic through one tunnel (or --off)")
+    de = command("default", "send all of the host's internet traffic through one tunnel (or --off)")
     which = de.add_mutually_exclusive_group()
     which.add_argument("name", nargs="?", metavar="NAME",
                        help="the tunnel to use as the host's default route (default: the section with default = true; lowest id wins)")
     which.add_argument("--off", action="store_true", help="give the host its own default route back")
-    ex = sub.add_parser("explain", help="where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
+    ex = command("explain", "where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _common(parser, default):
+    """The options every command takes; *default* SUPPRESS keeps a subcommand's from
+    overwriting what was given before the command."""
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="config file (default: $VPNSPLIT_CONFIG, else /etc/vpnsplit/vpnsplit.toml)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default or False, help="log only errors")
+
+
+def _tunnels(n):
+    return f"{n} tunnel" if n == 1 else f"{n} tunnels"
 
 
 def cmd_default(args, cfg):
@@ -74,7 +90,7 @@ def cmd_default(args, cfg):
     Without NAME, the config's `default = true` chooses."""
     tunnel = None if args.off else default_vpn.named(cfg, args.name)
     with runner.session() as (kernel, statedir):
-        changes = default_vpn.choose(kernel, statedir, tunnel)
+        changes = default_vpn.choose(kernel, statedir, tunnel, list(cfg.tunnels.values()))
     what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
     log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")
 
@@ -82,11 +98,7 @@ def cmd_default(args, cfg):
 def cmd_explain(args, cfg):
     from vpnsplit import explain  # here: it imports pyroute2, which no other command needs to
 
-    for value, what in ((args.src, "SRC"), (args.dst, "DST")):
-        try:
-            value is None or ipaddress.ip_address(value)
-        except ValueError:
-            raise InputError(f"vpnsplit explain: {what} {value!r} is not an IP address") from None
+    explain.addresses(args.src, args.dst)  # before the kernel is asked anything
     kernel = Kernel()
     try:
         report = explain.explain(kernel, cfg.tunnels, args.src, args.dst)
@@ -99,36 +111,40 @@ def cmd_explain(args, cfg):
 def cmd_up(args, cfg):
     """One tunnel, or with --all every tunnel: those whose device exists go up, the others
     down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
-    the first connect."""
-    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit up")]
+    the first connect, and `vpnsplit up NAME` after the VPN client died is the fix status names."""
+    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
     # every tunnel with a recorded lease: probably a re-apply with everything in place
     with runner.session(changes_expected=lambda statedir: any(statedir.record(t.name).lease is None for t in tunnels)) as (kernel, statedir):
         # at boot (--all), say which section chose when several could
         chosen = default_vpn.chosen(statedir, cfg.tunnels, announce=args.all)
         targets = []
+        absent = [t for t in tunnels if kernel.nl.link_index(t.device) is None]
         for tunnel in tunnels:
-            absent = args.all and kernel.nl.link_index(tunnel.device) is None
-            lease = None if absent else kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=tunnel is chosen)
+            lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=tunnel is chosen)
             targets.append((tunnel, lease))
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
-        changes = engine.converge(kernel, statedir, targets, default)
-    what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
+        changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()))
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
+    if args.name and absent:
+        log.warning("tunnel %s is not connected (no device %s): its down state is applied%s; the VPN client's "
+                    "next connect brings it up", args.name, absent[0].device, " (strict: fail closed)" if absent[0].strict else "")
 
 
 def cmd_down(args, cfg):
-    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name, "vpnsplit down")]
+    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
     with runner.session() as (kernel, statedir):
         chosen = default_vpn.chosen(statedir, cfg.tunnels)
-        changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None)
-    what = "tunnel " + args.name if args.name else f"{len(tunnels)} tunnels"
+        changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None,
+                                  list(cfg.tunnels.values()))
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
     log.info("%s down: %s", what, f"{len(changes)} change(s)" if changes else "nothing to remove")
 
 
 def _reports(args, cfg):
     """(per-tunnel reports, the default VPN's report or None); the latter only when every
     tunnel is asked for, or the one the default VPN goes through."""
-    names = [cfg.tunnel(args.name, f"vpnsplit {args.command}").name] if args.name else list(cfg.tunnels)
+    names = [cfg.tunnel(args.name).name] if args.name else list(cfg.tunnels)
     statedir = state.StateDir(state.dir_from())
     kernel = Kernel()
     try:
@@ -170,6 +186,6 @@ def cmd_check(args, cfg):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    runner.setup_logging("vpnsplit", quiet=args.quiet)
+    runner.setup_logging(f"vpnsplit {args.command}", quiet=args.quiet)
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

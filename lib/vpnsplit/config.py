@@ -4,6 +4,7 @@ Loading validates everything up front (types, ranges, clashes between tunnels), 
 bad config stops a hook before it touches the kernel and names the offending key.
 """
 
+import errno
 import ipaddress
 import os
 import re
@@ -19,10 +20,10 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases),
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
-# 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, wg-quick takes the
-# free ones just below (32765, 32764), and the host-wide default VPN uses 32000-32003
-# (plan.DEFAULT_PRIORITIES): a tunnel's own rules stay under all of them.
-PRIORITY_MIN, PRIORITY_MAX = 1, 31999 - (PRIORITY_SPAN - 1)
+# Above PRIORITY_LAST: the default VPN's mark rules (31990-31991) and rules (32000-32003,
+# plan.DEFAULT_PRIORITIES), wg-quick's (32764-32765), the kernel's (0, 32766, 32767).
+PRIORITY_LAST = 31989
+PRIORITY_MIN, PRIORITY_MAX = 1, PRIORITY_LAST - (PRIORITY_SPAN - 1)
 # OpenWrt's pbr deletes every rule in this window when it reloads.
 SWEPT_PRIORITIES = range(29745, 30002)
 # `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
@@ -32,6 +33,8 @@ RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local"}
 TABLE_MAX = 2**32 - 1
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+SYMLINK = ("is a symbolic link, which vpnsplit refuses: the owner and mode it checks would be the target's, which "
+           "whoever controls the link chooses; give the file itself (--config or $VPNSPLIT_CONFIG)")
 # Far above any real config; a bound so that --config /dev/zero or a huge file cannot eat memory.
 MAX_SIZE = 1 << 20
 
@@ -74,12 +77,12 @@ class Config(NamedTuple):
     path: str
     tunnels: dict  # name -> Tunnel, in file order
 
-    def tunnel(self, name, where):
-        """The tunnel called *name*; InputError naming the known ones otherwise."""
+    def tunnel(self, name, where=None):
+        """The tunnel called *name*; InputError naming the known ones otherwise (after *where*, if given)."""
         try:
             return self.tunnels[name]
         except KeyError:
-            raise InputError(f"{where}: no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
+            raise InputError(f"{where + ': ' if where else ''}no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
 
     def tunnel_for_device(self, device, where):
         """The tunnel whose `device` is *device*; InputError otherwise."""
@@ -105,7 +108,7 @@ def load(path, check_owner=None):
     """Read and validate the config at *path*.
 
     As root, the file must be owned by root and not writable by group or others (like
-    sshd): whoever can write it decides how this host routes. Only a regular file of at
+    sshd): whoever can write it decides how this host routes; not a symlink (SYMLINK). Only a regular file of at
     most MAX_SIZE bytes is read: a directory, FIFO or device (/dev/zero) would otherwise
     give a traceback, block, or fill memory. O_NONBLOCK keeps the open of a FIFO from
     blocking before fstat can tell what it is.
@@ -114,7 +117,8 @@ def load(path, check_owner=None):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-        raise InputError(f"{where}: cannot open: {getattr(e, 'strerror', None) or e}") from None
+        looped = getattr(e, "errno", None) == errno.ELOOP  # O_NOFOLLOW met a symlink
+        raise InputError(f"{where}: {SYMLINK if looped else 'cannot open: ' + (getattr(e, 'strerror', None) or str(e))}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # before fdopen, which refuses a directory with an OSError
         os.close(fd)
@@ -196,7 +200,8 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-31999 (32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
+            f"which must stay within {PRIORITY_MIN}-{PRIORITY_LAST} (31990-31991 are reserved for the default VPN's mark rules, "
+            f"32000-32003 are its rules, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
         raise InputError(
@@ -219,29 +224,22 @@ def _tunnel(name, s, where):
         alias=_addr(s, "alias", 4, where),
         alias6=_addr(s, "alias6", 6, where),
         alias_device=None if alias_device is None else addresses.ifname(alias_device, f"{where} alias_device"),
-        strict=_bool(s, "strict", True, where),
+        strict=_typed(s, "strict", True, bool, where),
         gateway=_addr(s, "gateway", 4, where),
         gateway6=_addr(s, "gateway6", 6, where),
         sources=sources,
         lan=lan,
         forward=forward,
-        default=_bool(s, "default", False, where),
-        servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _list(s, "servers", where)),
+        default=_typed(s, "default", False, bool, where),
+        servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _typed(s, "servers", [], list, where)),
         id=s.get("id"),
     )
 
 
-def _bool(s, key, default, where):
+def _typed(s, key, default, kind, where):
     value = s.get(key, default)
-    if not isinstance(value, bool):
-        raise InputError(f"{where}: {key} = {value!r} must be true or false")
-    return value
-
-
-def _list(s, key, where):
-    value = s.get(key, [])
-    if not isinstance(value, list):
-        raise InputError(f"{where}: {key} = {value!r} must be a list")
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: {key} = {value!r} must be {'true or false' if kind is bool else 'a list'}")
     return value
 
 

@@ -45,10 +45,10 @@ def configured(tunnels):
 def named(cfg, name):
     """The tunnel `vpnsplit default [NAME]` means: NAME, else the one `default = true` chooses."""
     if name:
-        return cfg.tunnel(name, "vpnsplit default")
+        return cfg.tunnel(name)
     tunnel = configured(cfg.tunnels)
     if tunnel is None:
-        raise InputError(f"vpnsplit default: no [tunnel.*] section in {shown(cfg.path)} says default = true; "
+        raise InputError(f"no [tunnel.*] section in {shown(cfg.path)} says default = true; "
                          f"name the tunnel (vpnsplit default NAME) or add default = true to one")
     return tunnel
 
@@ -129,7 +129,7 @@ def desired(kernel, default, current):
     return plan_rules(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)))
 
 
-def choose(kernel, statedir, tunnel):
+def choose(kernel, statedir, tunnel, tunnels=()):
     """Make *tunnel* the default VPN (None: off), recording the choice so its hooks keep it
     current; returns the changes made. The choice is recorded first: a run killed after it
     leaves drift `check` reports and a re-run mends; killed before, the old choice's next
@@ -150,7 +150,7 @@ def choose(kernel, statedir, tunnel):
     previous = statedir.default_choice()
     statedir.choose_default("" if tunnel is None else tunnel.name)
     try:
-        return engine.converge(kernel, statedir, targets, default)
+        return engine.converge(kernel, statedir, targets, default, tunnels)
     except BaseException:
         statedir.choose_default(previous)
         raise

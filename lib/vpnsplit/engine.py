@@ -9,7 +9,7 @@ is undone in reverse and the error names the step.
 
 import socket
 
-from vpnsplit import default_vpn, plan, sysctl, transaction
+from vpnsplit import default_vpn, plan, refusals, sysctl, transaction
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
 from vpnsplit.transaction import Step
@@ -18,23 +18,29 @@ from vpnsplit.transaction import Step
 def up(kernel, statedir, tunnel, lease, tunnels=None):
     """Bring the kernel to the 'up' state for *tunnel* with *lease*; record the lease.
     Given every configured *tunnels*, also refresh the default VPN's rules if it is this one."""
-    return converge(kernel, statedir, [(tunnel, lease)], default_vpn.target(statedir, tunnels, tunnel, lease))
+    return converge(kernel, statedir, [(tunnel, lease)], default_vpn.target(statedir, tunnels, tunnel, lease), _all(tunnels))
 
 
 def down(kernel, statedir, tunnel, tunnels=None):
     """Remove what up added, keeping the strict fail-closed skeleton; remove the record."""
-    return converge(kernel, statedir, [(tunnel, None)], default_vpn.target(statedir, tunnels, tunnel, None))
+    return converge(kernel, statedir, [(tunnel, None)], default_vpn.target(statedir, tunnels, tunnel, None), _all(tunnels))
 
 
-def converge(kernel, statedir, targets, default=None):
+def _all(tunnels):
+    return list(tunnels.values()) if tunnels else ()
+
+
+def converge(kernel, statedir, targets, default=None, tunnels=()):
     """Bring each (tunnel, lease) to 'up' with that lease, or to 'down' where lease is None.
 
     *default* also brings the host-wide default VPN's rules in line: (tunnel, lease or None)
     to send everything through that tunnel, default_vpn.OFF to remove them, None to leave
     them alone. All tunnels go in one run: one observation, one list of steps, one nft
     transaction, one rollback if any step fails. Refusals (missing device, a table holding
-    foreign routes) come before the first change. Returns the names of the changes made.
+    foreign routes, the clashes of refusals.py, which knows the VPN servers of every
+    configured *tunnels*) come before the first change. Returns the names of the changes made.
     """
+    servers = refusals.Servers(statedir, tunnels or [t for t, _ in targets], targets)
     desired, current, bookkeeping = plan.State(), plan.State(), []
     if default is not None:
         current = kernel.observe_default()
@@ -54,6 +60,7 @@ def converge(kernel, statedir, targets, default=None):
                 f"tunnel {tunnel.name}: table {tunnel.table} holds routes vpnsplit did not create ({', '.join(foreign[:3])}); "
                 f"choose a table of its own"
             )
+        refusals.refuse(kernel.nl, tunnel, lease, servers)
         desired, current = desired | want, current | have
         record = statedir.record(tunnel.name)
         offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease)

@@ -1,7 +1,7 @@
 """The hook entry points: `up`/`down` for OpenVPN, `wg-up`/`wg-down` for wg-quick.
 
 hooks/vpnsplit-hook (a tiny sh script, because OpenVPN gives hooks no PATH) execs
-`python -I -m vpnsplit.hooks HOOK ARGS...`. `up` exits non-zero on failure so the VPN
+`python -I -m vpnsplit.hooks /path/of/HOOK ARGS...` (or a bare HOOK name). `up` exits non-zero on failure so the VPN
 client stops (OpenVPN runs no down after a failed up, so up has already rolled back);
 `down` always exits 0, because a failing wg-quick PreDown would leave the interface up.
 """
@@ -33,15 +33,15 @@ def validate(hook, argv, environ=os.environ):
     environment), the config, which tunnel, the state directory and the lock timeout.
     Returns a Call; InputError names what is wrong, and nothing has been changed."""
     if hook in ("up", "down"):
-        where = f"openvpn {hook}"
+        where = "openvpn"  # the log prefix already names the hook
         parsed = openvpn.parse(argv, environ, want_lease=hook == "up")
         device, lease, opts = parsed.device, parsed.lease, {"tunnel": parsed.tunnel, "config": parsed.config}
     elif hook in ("wg-up", "wg-down"):
-        where, lease = hook, None
-        opts, rest = openvpn.split_words(argv, hook)
+        where, lease = "wg-quick", None
+        opts, rest = openvpn.split_words(argv, where)
         if len(rest) != 1:
-            raise InputError(f"{hook}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
-        device = addresses.ifname(rest[0], f"{hook} interface")
+            raise InputError(f"{where}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
+        device = addresses.ifname(rest[0], f"{where} interface")
     else:
         raise InputError(f"no hook {hook!r} (known: {', '.join(HOOKS)})")
     cfg = config.load(config.path_from(opts.get("config"), environ))
@@ -57,14 +57,15 @@ def _tunnel(cfg, device, name, where):
     return tunnel
 
 
-def _down_root_hint():
+def _down_root_hint(path):
+    """The fix for a down without privileges, naming *path*: the hook file that ran."""
     import sysconfig  # only on this error path: it costs ~0.5 ms on every hook run
 
     plugin = f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or 'x86_64-linux-gnu'}/openvpn/plugins/openvpn-plugin-down-root.so"
     return (
         f"down runs without CAP_NET_ADMIN (uid {os.geteuid()}: OpenVPN 'user'/'group' dropped privileges); "
-        f"nothing removed. Fix: replace 'down /usr/lib/vpnsplit/down' with "
-        f"'plugin {plugin} /usr/lib/vpnsplit/down'. The next up cleans up meanwhile"
+        f"nothing removed. Fix: replace 'down {path}' with "
+        f"'plugin {plugin} {path}'. The next up cleans up meanwhile"
     )
 
 
@@ -86,11 +87,13 @@ def wg_up(args):
     _report("up", call.tunnel, changes, lease)
 
 
-def down(hook, args):
-    """OpenVPN's down or wg-quick's PreDown: remove what up applied."""
+def down(hook, args, path=None):
+    """OpenVPN's down or wg-quick's PreDown: remove what up applied. *path*: the hook file that ran."""
     if not runner.has_net_admin():  # before the config: it may be unreadable to nobody too
-        log.error("%s", _down_root_hint())
+        log.error("%s", _down_root_hint(path or f"/usr/lib/vpnsplit/{hook}"))
         return
+    for problem in openvpn.six_problems(args) if hook == "down" else ():
+        log.warning("%s", problem)  # logged, never blocking the teardown: down needs only the device
     call = validate(hook, args)
     with runner.session(call.prepared) as (kernel, statedir):
         changes = engine.down(kernel, statedir, call.tunnel, call.tunnels)
@@ -105,12 +108,13 @@ def _report(what, tunnel, changes, lease=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    hook = argv[0] if argv else ""
+    path = argv[0] if argv else ""
+    hook = os.path.basename(path)
     runner.setup_logging(f"vpnsplit {hook}".strip())
     if hook not in HOOKS:
         log.error("usage: python -m vpnsplit.hooks {%s} ARGS... (normally run through hooks/%s)", ",".join(HOOKS), hook or "up")
         return 2
-    body = {"up": openvpn_up, "wg-up": wg_up}.get(hook, lambda args: down(hook, args))
+    body = {"up": openvpn_up, "wg-up": wg_up}.get(hook, lambda args: down(hook, args, path if "/" in path else None))
     return runner.guarded(lambda: body(argv[1:]), never_fail=hook.endswith("down"))
 
 

@@ -79,7 +79,8 @@ class Kernel:
         a WireGuard device's peer endpoints as the VPN servers."""
         v4, v6 = self.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6})
         if v4 is None and v6 is None:
-            raise InputError(f"tunnel {tunnel.name}: device {tunnel.device} has no global address")
+            raise InputError(f"tunnel {tunnel.name}: device {tunnel.device} has no global address "
+                             f"(OpenVPN's ifconfig-noexec leaves it without one; vpnsplit needs the address on the device)")
         dev_type = "tap" if self.nl.is_ethernet(tunnel.device) else "tun"
         lease = Lease(device=tunnel.device, dev_type=dev_type, local4=v4, local6=v6)
         return wgpeers.with_endpoints(self.nl, lease) if servers else lease
@@ -92,7 +93,7 @@ class Kernel:
         pyroute2 import that a run finding everything in place otherwise never pays.
         """
         if self.nl.link_index(tunnel.device) is None:
-            raise InputError(f"vpnsplit up {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
+            raise InputError(f"tunnel {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
         # the addresses alone first: the device's type (one more request) only matters for a new lease
         carried = [a.ip for a in self.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
         if recorded and [a.ip for a in recorded.locals] == carried:

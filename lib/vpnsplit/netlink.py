@@ -55,7 +55,7 @@ class Netlink:
             self._ipr.close()
 
     def invalidate(self):
-        self._indexes, self._names, self._addrs, self._main = {}, {}, None, {}
+        self._indexes, self._names, self._addrs, self._main, self._holders = {}, {}, None, {}, None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -122,6 +122,16 @@ class Netlink:
             for ifindex, *entry in nldump.addresses():
                 self._addrs.setdefault(ifindex, []).append(tuple(entry))
         return self._addrs.get(index, [])
+
+    def devices_holding(self, address):
+        """The names of the devices that carry *address* (an ipaddress value), from the run's one address dump."""
+        if self._holders is None:
+            self._addresses(0)
+            self._holders = {}
+            for index, entries in self._addrs.items():
+                for _fam, _, _, local, addr in entries:
+                    self._holders.setdefault(local or addr, []).append(index)
+        return [self.link_name(index) for index in self._holders.get(str(address), [])]
 
     def uplink_addresses(self):
         """The global addresses of the devices holding the main table's default routes."""

@@ -6,6 +6,7 @@ last six. The down-root plugin passes only the plugin's own words; then everythi
 from the environment snapshot taken at up time. IPv6 only ever comes in the environment.
 """
 
+import ipaddress
 from typing import NamedTuple
 
 from vpnsplit import addresses
@@ -45,8 +46,28 @@ def split_words(words, where):
     return opts, rest
 
 
+def six_problems(argv):
+    """What is wrong with OpenVPN's six positional arguments in *argv* (none when it has no
+    six): one message per bad argument, naming it. An empty local or remote is valid: OpenVPN
+    passes them empty for a tunnel without IPv4."""
+    if not (len(argv) >= 6 and argv[-1] in CONTEXTS):
+        return []
+    problems = []
+    for name, value, top, low in (("tun_mtu", argv[-5], 65535, 1), ("link_mtu", argv[-4], 65535, 0)):
+        if not (value.isascii() and value.isdigit() and low <= int(value) <= top):
+            problems.append(f"openvpn: argument {name} {value!r} is not an integer {low}-{top}")
+    for name, value in (("local", argv[-3]), ("remote", argv[-2])):
+        try:
+            if value:
+                ipaddress.IPv4Address(value)
+        except ValueError:
+            problems.append(f"openvpn: argument {name} {value!r} is not an IPv4 address (nor empty)")
+    return problems
+
+
 def parse(argv, env, want_lease=True):
-    """Turn an OpenVPN up/down call into a HookCall. Raises InputError naming the bad value."""
+    """Turn an OpenVPN up/down call into a HookCall. Raises InputError naming the bad value;
+    for up (*want_lease*) also any bad positional argument (see six_problems)."""
     where = "openvpn"
     head, six = (argv[:-6], argv[-6:]) if len(argv) >= 6 and argv[-1] in CONTEXTS else (argv, None)
     opts, extra = split_words(head, where)
@@ -71,6 +92,8 @@ def parse(argv, env, want_lease=True):
             raise InputError(f"{where}: $script_context {context!r} is not init or restart")
     dev = addresses.ifname(dev, f"{where} dev")
     lease = _lease(dev, local, remote, env) if want_lease else None
+    if want_lease and six_problems(argv):  # after _lease: its messages say more about a bad local
+        raise InputError(six_problems(argv)[0])
     return HookCall(device=dev, tunnel=opts.get("tunnel"), config=opts.get("config"), lease=lease)
 
 

@@ -39,7 +39,10 @@ def default_status(kernel, statedir, tunnels):
     if not desired.objects() and not current.objects():
         return None
     objects, stale, problems = compared(desired, current)
-    return {"tunnel": tunnel.name if tunnel else None, "objects": objects, "stale": stale, "in_sync": not problems, "problems": problems}
+    # no choice recorded and none of its rules in place: `default = true` not applied yet, no drift
+    applied = statedir.default_choice() is not None or bool(current.objects())
+    return {"tunnel": tunnel.name if tunnel else None, "applied": applied, "objects": objects, "stale": stale,
+            "in_sync": not applied or not problems, "problems": problems if applied else []}
 
 
 def status(kernel, statedir, tunnel):
@@ -52,7 +55,11 @@ def status(kernel, statedir, tunnel):
     desired = plan.plan_up(tunnel, lease) if lease else plan.plan_down(tunnel)
     current, foreign, (intact, _) = kernel.observe(tunnel)
     objects, stale, problems = compared(desired, current)
-    if desired.nft and not intact:
+    # no record and nothing of the tunnel's in the kernel: not applied yet, which is no drift
+    applied = lease is not None or bool(current.objects()) or not desired.objects()
+    if not applied:
+        problems = []
+    elif desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     problems += _moved(kernel, tunnel, lease)
@@ -73,7 +80,7 @@ def status(kernel, statedir, tunnel):
         "alias6": None if tunnel.alias6 is None else str(tunnel.alias6),
         "alias_device": tunnel.alias_dev,
         "strict": tunnel.strict,
-        "state": "up" if lease else "down",
+        "state": "up" if lease else ("down" if applied else "not applied"),
         "lease": lease.to_json() if lease else None,
         "recorded_at": record.when if lease else None,
         "objects": objects,
@@ -90,13 +97,16 @@ def status(kernel, statedir, tunnel):
     }
 
 
-def _objects(r):
-    return [f"  {'ok     ' if o['present'] else 'MISSING'}  {o['object']}" for o in r["objects"]] + [f"  STALE    {s}" for s in r["stale"]]
+def _objects(r, absent="MISSING"):
+    return [f"  {'ok     ' if o['present'] else absent}  {o['object']}" for o in r["objects"]] + [f"  STALE    {s}" for s in r["stale"]]
 
 
 def describe_default(r):
     """The default VPN's report in a few lines for people."""
     head = f"default VPN: tunnel {r['tunnel']}" if r["tunnel"] else "default VPN: off"
+    if not r["applied"]:
+        return (f"{head} (default = true), not applied yet: nothing of it is in the kernel; "
+                f"vpnsplit up --all or vpnsplit default {r['tunnel']} applies it")
     return "\n".join([head, *_objects(r), f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit default ' + (r['tunnel'] or '--off')}"])
 
 
@@ -110,7 +120,11 @@ def describe(r):
     head = f"{r['tunnel']}: {where}; table {r['table']}, priority {r['priority']}"
     head += f", alias {aliases} on {r['alias_device']}" if aliases else ""
     head += ", strict" if r["strict"] else ""
-    lines = [head, *_objects(r)]
+    lines = [head]
+    if r["state"] == "not applied":
+        lines.append(f"  not applied yet: nothing of vpnsplit's for {r['tunnel']} is in the kernel; the VPN's connect, "
+                     f"vpnsplit up {r['tunnel']} or vpnsplit up --all applies it")
+    lines += _objects(r, "absent " if r["state"] == "not applied" else "MISSING")
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     how6 = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"
     for dev, v in r["rp_filter"].items():
@@ -124,5 +138,7 @@ def describe(r):
         lines.append("  IPv6 forwarding (net.ipv6.conf.all.forwarding): off: IPv6 sources are not forwarded; set it to 1 "
                      "(this kernel has no per-device force_forwarding, Linux 6.17+)")
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
-    lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run vpnsplit up/down ' + r['tunnel']}")
+    # both work whatever the device: up on an absent device applies the down state
+    fix = f"vpnsplit {'up' if r['state'] == 'up' else 'down'} {r['tunnel']}"
+    lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run ' + fix}")
     return "\n".join(lines)

@@ -26,6 +26,9 @@ BATCH, WORKERS = 16, 8
 def make_lab(tmp):
     lab = NetnsLab(tmp)
     try:
+        # no duplicate address detection: a link-local address (and its local route) must not
+        # appear a moment after the baseline dump, which a loaded machine would count as a change
+        lab.exec("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", check=True)
         lab.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
         lab.add_tun("tap0", "10.9.0.2/24", mode="tap")
         lab.add_tun("wg0")  # wg-quick stand-ins: no link layer, like wireguard

@@ -198,10 +198,11 @@ def test_nft_table_unusable_on_restart_keeps_the_old_state(ns):
 
 
 def test_route_the_kernel_rejects_rolls_back(ns):
-    """A tap whose address was never configured (ifconfig-noexec): the gateway is not on-link
+    """A tap carrying its address as a /32 (its subnet not connected): the gateway is not on-link
     and the kernel refuses the default route after the unreachable routes went in."""
     ns.write_config(CONFIG + '\n[tunnel.eth]\ndevice = "tap0"\ntable = 106\npriority = 1600\ngateway = "10.10.0.1"\nalias = "10.192.10.1"\n')
     ns.ip("tuntap", "add", "tap0", "mode", "tap")
+    ns.ip("addr", "add", "10.10.0.2/32", "dev", "tap0")
     ns.ip("link", "set", "tap0", "up")
     ns.add_tun("tun1", "10.9.0.6", peer="10.9.0.5")
     ok(up_work(ns))

@@ -256,6 +256,8 @@ def test_unprivileged_down_says_the_fix_and_exits_0(two):
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
     assert "openvpn-plugin-down-root.so" in proc.stderr
+    # the fix names the hook that ran, not the install path
+    assert f"replace 'down {REPO}/hooks/down' with 'plugin " in proc.stderr and "/usr/lib/vpnsplit/down" not in proc.stderr, proc.stderr
     assert two.dump() == before
     # the next up as root converges
     ok(up0(two))

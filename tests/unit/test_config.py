@@ -65,3 +65,31 @@ def test_example_config_commented_section_is_valid():
     block = text[text.index("# [tunnel.containers]"):]
     t = config.parse(tomllib.loads("\n".join(line[2:] for line in block.splitlines()))).tunnels["containers"]
     assert {n.version for n in (*t.sources, *t.lan)} == {4, 6} and t.alias6 and t.gateway6
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_priority_leaves_the_default_vpns_mark_rules_free():
+    """A tunnel's rules end at or below 31989: 31990-31991 are the default VPN's mark rules."""
+    section = {"device": "tun0", "table": 100, "priority": 31986}
+    assert config.parse({"tunnel": {"a": section}}).tunnels["a"].priorities[-1] == 31989
+    with pytest.raises(InputError, match=r"priority = 31987 .* within 1-31989 \(31990-31991 are reserved"):
+        config.parse({"tunnel": {"a": {**section, "priority": 31987}}})
+
+
+def test_readme_states_the_limits_the_code_enforces():
+    readme = (REPO / "README.md").read_text()
+    assert f"P+3 ≤ {config.PRIORITY_LAST}" in readme
+    # troubleshooting item 4: --tunnel does not rescue a bare `dev tun` that picked another number
+    item4 = readme[readme.index("\n4. OpenVPN log says"):readme.index("\n5. ")]
+    assert "`--tunnel NAME` does not rescue it" in item4 and "dev tun0" in item4
+
+
+def test_a_symlinked_config_is_refused_saying_so(tmp_path):
+    real = tmp_path / "real.toml"
+    real.write_text('[tunnel.a]\ndevice = "tun0"\ntable = 100\npriority = 1000\n')
+    (tmp_path / "link.toml").symlink_to(real)
+    with pytest.raises(InputError) as e:
+        config.load(str(tmp_path / "link.toml"), check_owner=False)
+    assert "is a symbolic link, which vpnsplit refuses" in str(e.value) and "Too many levels" not in str(e.value)

@@ -76,3 +76,21 @@ def test_bad_calls_name_the_value(argv, env, named):
     with pytest.raises(InputError, match=None) as e:
         openvpn.parse(argv, env)
     assert named in str(e.value)
+
+
+@pytest.mark.parametrize("index,bad,name", [(1, "-1", "tun_mtu"), (1, "", "tun_mtu"), (1, "1500x", "tun_mtu"), (2, "-5", "link_mtu"),
+                                            (3, "10.8.0", "local"), (4, "255.255.255", "remote"), (4, "fd00::1", "remote")])
+def test_all_six_positional_arguments_are_checked(index, bad, name):
+    argv = ["tun0", "1500", "0", "10.8.0.2", "255.255.255.0", "init"]
+    argv[index] = bad
+    assert openvpn.six_problems(argv) == [openvpn.six_problems(argv)[0]] and f"argument {name} {bad!r}" in openvpn.six_problems(argv)[0]
+    with pytest.raises(InputError, match=name):
+        parse(argv, dev="tun0", ifconfig_local="10.8.0.2", ifconfig_netmask="255.255.255.0")
+    openvpn.parse(argv, {"dev": "tun0"}, want_lease=False)  # down: the caller logs them, the teardown goes on
+
+
+def test_empty_local_and_remote_are_valid():
+    argv = ["tun0", "1500", "0", "", "", "init"]
+    assert openvpn.six_problems(argv) == []
+    call = parse(argv, dev="tun0", ifconfig_ipv6_local="fd00:8::1000", ifconfig_ipv6_netbits="64")
+    assert call.lease.local4 is None and str(call.lease.local6) == "fd00:8::1000/64"
