@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2 import NetNS
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
@@ -157,7 +157,8 @@ class NetnsLab:
     # -- reading the kernel ----------------------------------------------------------------
     def dump(self):
         """Everything the namespace's kernel holds, normalised for comparison."""
-        with IPRoute(netns=self.name, flags=0) as ipr:
+        # NetNS: the one way into a namespace both pyroute2 0.7 (Debian 12) and 0.9 accept
+        with NetNS(self.name, flags=0) as ipr:
             names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
             rules, routes, addrs = [], [], []
             for fam in (socket.AF_INET, socket.AF_INET6):
