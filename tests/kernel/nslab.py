@@ -19,7 +19,8 @@ from pyroute2 import NetNS
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
-VPNSPLIT = [str(REPO / ".venv/bin/python3"), "-I", "-m", "vpnsplit"]
+# the interpreter running the tests (make test: .venv), so the suite can run under another pyroute2
+VPNSPLIT = [sys.executable, "-I", "-m", "vpnsplit"]
 _serial = itertools.count()
 
 # The tunnels most kernel tests use: `provider` (IPv4 + IPv6, aliases on the tunnel device,
