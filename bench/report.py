@@ -1,5 +1,7 @@
 """BENCHMARKS.md from bench/results.json: tables, goals met or missed, commands to reproduce."""
 
+from bench.watch import render as watch_render
+
 
 def _ms(x):
     return f"{x:.1f}"
@@ -198,6 +200,10 @@ def render(r):
     elif p:
         out += _failed("## 5. Packet path", p)
 
+    out += watch_render(r.get("6_watch"))
+    if r.get("carried_over"):
+        out += ["Parts not run this time, with the figures of an earlier run: "
+                + ", ".join(f"{k} ({when})" for k, when in r["carried_over"].items()) + ".", ""]
     if r.get("notes"):
         out += ["## Notes", ""] + [f"* {n}" for n in r["notes"]] + [""]
     return "\n".join(out)
