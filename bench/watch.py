@@ -128,8 +128,8 @@ def heal_times(n):
         base = _arrived(isp)
         time.sleep(2.0)
         out["leak baseline (2 s, nothing injected)"] = {"packets": _arrived(isp) - base}
-        for kind, script in (("rule sweep", INJECTIONS["rule sweep"]),
-                             ("rule sweep + nft flush ruleset", SWEEP_AND_FLUSH)):
+        leaks = {k: INJECTIONS[k] for k in ("rule sweep", "nft flush ruleset")}
+        for kind, script in (*leaks.items(), ("rule sweep + nft flush ruleset", SWEEP_AND_FLUSH)):
             leaked, gaps = [], []
             for _ in range(max(10, n // 3)):
                 before = _arrived(isp)
