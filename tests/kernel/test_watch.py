@@ -219,3 +219,23 @@ def test_sighup_rereads_the_config_and_sigterm_ends_at_once(up):
     w2 = Watcher(ns)
     code, took = w2.signal(signal.SIGINT)
     assert code == 130 and took < 2.0
+
+
+def test_lost_events_mean_a_full_converge(watching):
+    """A stopped watcher's socket overflows: its first read then fails with ENOBUFS, and the sweep
+    whose events were dropped is healed all the same."""
+    ns, w = watching
+    ours = ns.rules()
+    w.settle(0.3)
+    batch = ns.tmp / "rules"
+    batch.write_text("".join(f"rule add from 198.18.{i // 250}.{i % 250 + 1} lookup 5000 priority 20000\n"
+                             for i in range(3000)))
+    w.proc.send_signal(signal.SIGSTOP)
+    try:
+        ns.exec("ip", "-batch", str(batch), check=True)  # irrelevant events fill its socket's buffer ...
+        ns.exec("ip", "rule", "flush", "protocol", "118", check=True)  # ... so the sweep's are dropped
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    assert until(lambda: [r for r in ns.rules() if r[2] != 5000] == ours, HEALED), w.log()
+    heals = w.settle(1.0)
+    assert any("ENOBUFS" in h["cause"] for h in heals), heals
