@@ -239,3 +239,18 @@ def test_lost_events_mean_a_full_converge(watching):
     assert until(lambda: [r for r in ns.rules() if r[2] != 5000] == ours, HEALED), w.log()
     heals = w.settle(1.0)
     assert any("ENOBUFS" in h["cause"] for h in heals), heals
+
+
+def test_a_refused_converge_is_logged_and_retried_with_backoff(watching):
+    ns, w = watching
+    w.settle(0.3)
+    ns.ip("route", "add", "192.0.2.0/24", "dev", "tun0", "table", "100")  # another program's route in provider's table
+    ns.ip("addr", "del", "10.192.8.1/32", "dev", "tun0")
+    time.sleep(3.6)  # refused at once, then retried after 1 s and 2 s more
+    failed = [c for c in w.settle(0.3) if c.get("error")]
+    assert len(failed) >= 3 and "table 100 holds routes vpnsplit did not create" in failed[0]["error"], failed
+    assert "retrying in 1 s" in w.log() and "retrying in 2 s" in w.log()
+    assert "10.192.8.1" not in ns.ip("addr", "show", "tun0")
+    ns.ip("route", "del", "192.0.2.0/24", "dev", "tun0", "table", "100")  # that event ends the wait
+    assert until(lambda: "10.192.8.1" in ns.ip("addr", "show", "tun0"), HEALED), w.log()
+    assert w.proc.poll() is None
