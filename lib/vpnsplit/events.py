@@ -81,13 +81,14 @@ class Listener:
         self._rt.close()
         self._nft.close()
 
-    def drain(self, fd, scope, own_ports):
-        """The relevant foreign events queued on *fd* (OVERFLOW among them if the kernel dropped some).
+    def drain(self, fd, scope, own_ports, most=4096):
+        """The relevant foreign events queued on *fd* (OVERFLOW among them if the kernel dropped some),
+        from at most *most* datagrams: in an endless storm the caller still gets to converge.
 
         *own_ports*: the netlink ports the watcher writes through (rtnetlink notifications
         carry the requester's port); nft batches are told by the pid their NEWGEN names."""
         out = []
-        while True:
+        for _ in range(most):
             try:
                 buf = os.read(fd, 1 << 16)
             except BlockingIOError:
@@ -110,6 +111,7 @@ class Listener:
                     if what:
                         out.append(Event(what, f"netlink port {port}" if port else "the kernel"))
                 off += (length + 3) & ~3
+        return out
 
     def _nft_message(self, mtype, buf, off, end):
         if mtype >> 8 != NFT_SUBSYS:

@@ -50,6 +50,8 @@ class _Quiet(logging.Filter):
         text, now = record.getMessage(), time.monotonic()
         if now - self.said.get(text, -self.DEDUPE) < self.DEDUPE:
             return False
+        if len(self.said) > 1000:  # a long-lived process: forget what no longer counts
+            self.said = {t: at for t, at in self.said.items() if now - at < self.DEDUPE}
         self.said[text] = now
         return True
 
