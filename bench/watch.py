@@ -77,7 +77,8 @@ def _world():
     ns.call(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", isp.name])
     ns.sh("ip addr add 198.51.100.10/24 dev eth0; ip link set eth0 up; ip route add default via 198.51.100.1")
     isp.sh("ip addr add 198.51.100.1/24 dev eth0; ip link set eth0 up; ip addr add 203.0.113.1/32 dev lo")
-    isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n udp dport 9 counter\n }\n}\n")
+    isp.call(["nft", "-f", "-"], input="table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
+                                      " udp dport 9 counter\n }\n}\n")
     scene.up_all_in_one(ns, [scene.PROVIDER])
     return ns, isp
 
