@@ -19,8 +19,9 @@ from pyroute2 import NetNS
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
-# the interpreter running the tests (make test: .venv), so the suite can run under another pyroute2
-VPNSPLIT = [sys.executable, "-I", "-m", "vpnsplit"]
+# the venv running the tests (make test: .venv), so the suite can run under another pyroute2; named
+# python3, as convergence.py's inline driver tells a command from a hook by that name
+VPNSPLIT = [str(Path(sys.executable).with_name("python3")), "-I", "-m", "vpnsplit"]
 _serial = itertools.count()
 
 # The tunnels most kernel tests use: `provider` (IPv4 + IPv6, aliases on the tunnel device,
