@@ -6,6 +6,8 @@ one (a line "@@ PART") only for a part the run measured; a part that failed show
 
 from pathlib import Path
 
+from bench import watch
+
 TEMPLATE = Path(__file__).with_name("BENCHMARKS.md.in")
 
 
@@ -67,6 +69,8 @@ def _packet(p):
 
 
 PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet}
+# parts that render their own section (lines), after the template's
+SECTIONS = {"6_watch": watch.render}
 
 
 def _header(r):
@@ -92,4 +96,5 @@ def render(r):
             out.append(f"{text.splitlines()[0]}\n\nfailed: {part['error']}\n")
         else:
             out.append(text.format_map(PARTS[key](part)))
+    out += ["\n".join(render_part(r.get(key))) for key, render_part in SECTIONS.items() if r.get(key)]
     return "\n\n".join(text.strip("\n") for text in out) + "\n"

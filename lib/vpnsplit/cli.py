@@ -30,6 +30,7 @@ examples:
   vpnsplit default provider     all internet traffic through tunnel provider (a kill switch with strict)
   vpnsplit default              the same for the tunnel whose section says default = true (lowest id wins)
   vpnsplit default --off        the host's own default route back, exactly as it was
+  vpnsplit watch                stay in the foreground and put back what other programs remove
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
 2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
@@ -66,6 +67,9 @@ def _parser():
     which.add_argument("name", nargs="?", metavar="NAME",
                        help="the tunnel to use as the host's default route (default: the section with default = true; lowest id wins)")
     which.add_argument("--off", action="store_true", help="give the host its own default route back")
+    from vpnsplit import watch
+
+    watch.add_arguments(command("watch", watch.SUMMARY))
     ex = command("explain", "where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
@@ -157,15 +161,20 @@ def _reports(args, cfg):
 
 
 def cmd_status(args, cfg):
+    from vpnsplit import pidfile
+
     reports, default = _reports(args, cfg)
+    watcher = pidfile.watcher(state.StateDir(state.dir_from()))
     if args.json:
-        json.dump({"tunnels": reports, "default": default}, sys.stdout, indent=2)
+        doc = {"tunnels": reports, "default": default, "watcher": {"running": bool(watcher), "pid": watcher}}
+        json.dump(doc, sys.stdout, indent=2)
         print()
     else:
         for r in reports:
             print(status.describe(r))
         if default:
             print(status.describe_default(default))
+        print(f"watcher: running (pid {watcher})" if watcher else "watcher: not running (see vpnsplit watch --help)")
     return 0
 
 
@@ -184,8 +193,15 @@ def cmd_check(args, cfg):
     return 0 if in_sync else EXIT_DRIFT
 
 
+def cmd_watch(args, cfg):
+    from vpnsplit import watch
+
+    return watch.main(args, cfg)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     runner.setup_logging(f"vpnsplit {args.command}", quiet=args.quiet)
-    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default}[args.command]
+    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default,
+               "watch": cmd_watch}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

@@ -55,7 +55,7 @@ def rules(family, proto):
     for buf, off, end in _dump(RTM_GETRULE, _FRH.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
         if buf.find(needle, off + _HDR.size + _FRH.size, end) == -1:
             continue
-        attrs = _attrs(buf, off + _HDR.size + _FRH.size, end)
+        attrs = attributes(buf, off + _HDR.size + _FRH.size, end)
         if attrs.get(FRA_PROTOCOL) != bytes([proto]):
             continue  # the needle was inside another attribute's payload
         fam, dst_len, src_len = buf[off + 16], buf[off + 17], buf[off + 18]
@@ -74,7 +74,7 @@ def routes(family, table):
     try:
         for buf, off, end in _dump(RTM_GETROUTE, body, strict=True):
             fam, dst_len, _, _, _, proto, _, rtype = _RTM.unpack_from(buf, off + _HDR.size)[:8]
-            attrs = _attrs(buf, off + _HDR.size + _RTM.size, end)
+            attrs = attributes(buf, off + _HDR.size + _RTM.size, end)
             if _u32(attrs, RTA_TABLE) != table:
                 continue
             out.append((_addr(fam, attrs, RTA_DST), dst_len, proto, rtype, _u32(attrs, RTA_OIF), _addr(fam, attrs, RTA_GATEWAY), _u32(attrs, RTA_PRIORITY)))
@@ -89,7 +89,7 @@ def addresses():
     out = []
     for buf, off, end in _dump(RTM_GETADDR, _IFA.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
         fam, prefixlen, _, scope, index = _IFA.unpack_from(buf, off + _HDR.size)
-        attrs = _attrs(buf, off + _HDR.size + _IFA.size, end)
+        attrs = attributes(buf, off + _HDR.size + _IFA.size, end)
         out.append((index, fam, prefixlen, scope, _addr(fam, attrs, IFA_LOCAL), _addr(fam, attrs, IFA_ADDRESS)))
     return out
 
@@ -125,7 +125,9 @@ def _dump(msgtype, body, strict=False):
                 off += (length + 3) & ~3
 
 
-def _attrs(buf, pos, end):
+def attributes(buf, pos, end):
+    """The netlink attributes between *pos* and *end* of *buf*: {type: payload bytes}."""
+    """The netlink attributes between *pos* and *end* of *buf*: {type: payload bytes}."""
     attrs = {}
     while pos + _NLA.size <= end:
         alen, atype = _NLA.unpack_from(buf, pos)
