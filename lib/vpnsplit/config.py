@@ -11,7 +11,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses
+from vpnsplit import addresses, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -21,8 +21,10 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 PRIORITY_SPAN = 4
 # 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, wg-quick takes the
 # free ones just below (32765, 32764), and the host-wide default VPN uses 32000-32003
-# (plan.DEFAULT_PRIORITIES): a tunnel's own rules stay under all of them.
-PRIORITY_MIN, PRIORITY_MAX = 1, 31999 - (PRIORITY_SPAN - 1)
+# (plan.DEFAULT_PRIORITIES), 31990-31999 are for the default VPN's marks (31991: dns.DNS_PRIORITY):
+# a tunnel's own rules stay under all of them.
+RULES_END = 31989
+PRIORITY_MIN, PRIORITY_MAX = 1, RULES_END - (PRIORITY_SPAN - 1)
 # OpenWrt's pbr deletes every rule in this window when it reloads.
 SWEPT_PRIORITIES = range(29745, 30002)
 # `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
@@ -59,6 +61,8 @@ class Tunnel(NamedTuple):
     default: bool = False
     servers: tuple = ()
     id: int | None = None
+    # the tunnel's DNS resolvers when the VPN client names none (dns.resolvers)
+    dns: tuple = ()
 
     @property
     def alias_dev(self):
@@ -167,7 +171,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers"}
+         "default", "servers", "dns"}
 
 
 def _tunnel(name, s, where):
@@ -196,7 +200,7 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-31999 (32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
+            f"which must stay within {PRIORITY_MIN}-{RULES_END} (31990-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
         raise InputError(
@@ -228,6 +232,7 @@ def _tunnel(name, s, where):
         default=_bool(s, "default", False, where),
         servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _list(s, "servers", where)),
         id=s.get("id"),
+        dns=dns.from_config(s.get("dns", []), where),
     )
 
 
