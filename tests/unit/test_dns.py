@@ -4,6 +4,7 @@
 import ipaddress
 
 import pytest
+
 from vpnsplit import config, dns, openvpn
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
