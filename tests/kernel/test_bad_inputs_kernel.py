@@ -26,10 +26,6 @@ BATCH, WORKERS = 16, 8
 def make_lab(tmp):
     lab = NetnsLab(tmp)
     try:
-        # no duplicate address detection: lan0's link-local address (and its route) exists at once,
-        # not a loaded machine's second or two later, in the middle of a before/after comparison
-        for conf in ("all", "default"):
-            lab.exec("sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0", check=True)
         lab.add_tun("tun0", "10.8.0.2/24", "fd00:8::1000/64")
         lab.add_tun("tap0", "10.9.0.2/24", mode="tap")
         lab.add_tun("wg0")  # wg-quick stand-ins: no link layer, like wireguard
