@@ -14,7 +14,7 @@ HOOKS       := up down wg-up wg-down
 # clients the lab drives, and the tools tests use to look at packets.
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
-                util-linux git make
+                util-linux git make dnsmasq-base bind9-dnsutils
 
 .PHONY: dev deps lint test unit kernel lab demo bench install uninstall clean
 

@@ -68,7 +68,13 @@ def _packet(p):
             "rp_share": 100 * d["share of the walk's CPU that is the SYN-ACK's reverse-path lookup"], "packet_commands": commands(p["commands"])}
 
 
-PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet}
+def _dns(d):
+    rows = ["| contender | median ms | p99 ms | min | max | n |", "|---|---:|---:|---:|---:|---:|"]
+    rows += [f"| {k} | {v['median']:.3f} | {v['p99']:.3f} | {v['min']:.3f} | {v['max']:.3f} | {v['n']} |" for k, v in d["contenders"].items()]
+    return {"block": d["block"], "dns_table": "\n".join(rows), "dns_derived": derived(d, 3), "dns_commands": commands(d["commands"])}
+
+
+PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns}
 # parts that render their own section (lines), after the template's
 SECTIONS = {"6_watch": watch.render}
 

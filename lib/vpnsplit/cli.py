@@ -27,6 +27,7 @@ examples:
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
   vpnsplit explain 10.192.8.1   where a packet from the alias goes: rule, table, next hop, NAT
+  vpnsplit explain 10.20.1.5 --dns   where a DNS query from a container goes (its tunnel's resolver?)
   vpnsplit default provider     all internet traffic through tunnel provider (a kill switch with strict)
   vpnsplit default              the same for the tunnel whose section says default = true (lowest id wins)
   vpnsplit default --off        the host's own default route back, exactly as it was
@@ -73,6 +74,8 @@ def _parser():
     ex = command("explain", "where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
+    ex.add_argument("--dns", action="store_true",
+                    help="where a DNS query from SRC goes: to which resolver, and (when redirected) that query's path")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -94,7 +97,7 @@ def cmd_default(args, cfg):
     Without NAME, the config's `default = true` chooses."""
     tunnel = None if args.off else default_vpn.named(cfg, args.name)
     with runner.session() as (kernel, statedir):
-        changes = default_vpn.choose(kernel, statedir, tunnel, list(cfg.tunnels.values()))
+        changes = default_vpn.choose(kernel, statedir, tunnel, cfg.tunnels)
     what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
     log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")
 
@@ -106,9 +109,16 @@ def cmd_explain(args, cfg):
     kernel = Kernel()
     try:
         report = explain.explain(kernel, cfg.tunnels, args.src, args.dst)
+        if args.dns and report["dns"].get("routed"):  # the redirected query's own path: from SRC to the resolver
+            report = {**explain.explain(kernel, cfg.tunnels, args.src, report["dns"]["to"]), "dns": report["dns"]}
     finally:
         kernel.close()
-    print(json.dumps(report, indent=2) if args.json else explain.describe(report))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.dns:
+        print(f"{args.src}: dns: {report['dns']['text']}" + ("\n" + explain.describe(report) if report["dns"].get("routed") else ""))
+    else:
+        print(explain.describe(report))
     return 0
 
 

@@ -12,7 +12,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses
+from vpnsplit import addresses, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -20,7 +20,7 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases),
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
-# Above PRIORITY_LAST: the default VPN's mark rules (31990-31991) and rules (32000-32003,
+# Above PRIORITY_LAST: the default VPN's mark rules (31990-31991; 31991 is dns.DNS_PRIORITY) and rules (32000-32003,
 # plan.DEFAULT_PRIORITIES), wg-quick's (32764-32765), the kernel's (0, 32766, 32767).
 PRIORITY_LAST = 31989
 PRIORITY_MIN, PRIORITY_MAX = 1, PRIORITY_LAST - (PRIORITY_SPAN - 1)
@@ -62,6 +62,8 @@ class Tunnel(NamedTuple):
     default: bool = False
     servers: tuple = ()
     id: int | None = None
+    # the tunnel's DNS resolvers when the VPN client names none (dns.resolvers)
+    dns: tuple = ()
 
     @property
     def alias_dev(self):
@@ -171,7 +173,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers"}
+         "default", "servers", "dns"}
 
 
 def _tunnel(name, s, where):
@@ -233,6 +235,7 @@ def _tunnel(name, s, where):
         default=_typed(s, "default", False, bool, where),
         servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _typed(s, "servers", [], list, where)),
         id=s.get("id"),
+        dns=dns.from_config(s.get("dns", []), where),
     )
 
 

@@ -12,6 +12,7 @@ tunnel's table, whose strict unreachable default makes this a kill switch.
 import ipaddress
 import logging
 
+from vpnsplit import dns
 from vpnsplit.config import ID_BASE, PRIORITY_SPAN
 from vpnsplit.errors import InputError, shown
 from vpnsplit.plan import DEFAULT_PRIORITY, EVERYWHERE, MAIN_TABLE, REPLY_MARK, ReplyMark, Rule, State, host_prefix
@@ -81,6 +82,8 @@ def plan_rules(tunnel, lease, uplink, servers):
     source after the lookup, and when the lookup failed (the unreachable default, also after
     the client died without down) it looks up again with that source — the uplink address,
     which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
+
+    The host's DNS follows (dns.DnsDefault): marked into the tunnel's table by rule dns.DNS_PRIORITY.
     """
     carried = {a.version for a in (lease.locals if lease else [])}
     families = {4, 6} if tunnel.strict else carried
@@ -95,6 +98,10 @@ def plan_rules(tunnel, lease, uplink, servers):
             nft.add(ReplyMark(fam, tunnel.device))
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, host_prefix(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
+        # the host's DNS, marked by dns.DnsDefault, into the tunnel whatever its destination
+        rules.add(Rule(fam, dns.DNS_PRIORITY, tunnel.table, every, fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK))
+    if families:
+        nft.add(dns.plan_default(tunnel, lease))
     return State(rules=frozenset(rules), nft=frozenset(nft))
 
 
@@ -129,9 +136,11 @@ def desired(kernel, default, current):
     return plan_rules(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)))
 
 
-def choose(kernel, statedir, tunnel, tunnels=()):
+def choose(kernel, statedir, tunnel, tunnels):
     """Make *tunnel* the default VPN (None: off), recording the choice so its hooks keep it
-    current; returns the changes made. The choice is recorded first: a run killed after it
+    current; returns the changes made. The tunnel that was the default VPN (of the configured
+    *tunnels*) is re-applied as an ordinary one, so that what only the default VPN needs
+    (src_valid_mark on its device) is switched back. The choice is recorded first: a run killed after it
     leaves drift `check` reports and a re-run mends; killed before, the old choice's next
     hook would quietly undo this. If the kernel refuses, the old choice is put back."""
     from vpnsplit import engine  # here: engine imports this module
@@ -147,10 +156,13 @@ def choose(kernel, statedir, tunnel, tunnels=()):
         # the tunnel itself too, so its record holds the servers read now (check compares with it)
         default = (tunnel, kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=True))
         targets = [default]
+    before = chosen(statedir, tunnels)
+    if before not in (None, tunnel) and kernel.nl.link_index(before.device) is not None:
+        targets = [*targets, (before, kernel.current_lease(before, statedir.record(before.name).lease))]
     previous = statedir.default_choice()
     statedir.choose_default("" if tunnel is None else tunnel.name)
     try:
-        return engine.converge(kernel, statedir, targets, default, tunnels)
+        return engine.converge(kernel, statedir, targets, default, list(tunnels.values()))
     except BaseException:
         statedir.choose_default(previous)
         raise

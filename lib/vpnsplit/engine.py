@@ -63,7 +63,8 @@ def converge(kernel, statedir, targets, default=None, tunnels=()):
         refusals.refuse(kernel.nl, tunnel, lease, servers)
         desired, current = desired | want, current | have
         record = statedir.record(tunnel.name)
-        offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease)
+        is_default = default not in (None, default_vpn.OFF) and default[0] is tunnel
+        offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default)
         bookkeeping += offs + _record_steps(statedir, record, lease, switched) + ons
     steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
     try:

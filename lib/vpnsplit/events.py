@@ -8,7 +8,7 @@ relevance (as nldump does for dumps): pyroute2 decodes a whole message into obje
 ~100 us each, which would be 1 s of CPU for one sweep of 10,000 foreign rules.
 
 Relevant (foreign, i.e. not sent by the watcher's own write socket or nft batches):
-  rules     a rule carrying PROTO removed
+  rules     a rule carrying RTPROT_VPNSPLIT removed
   routes    anything in a tunnel's table; a default route in main (the uplink: rule 32001)
   addresses a global address added or removed, except an alias being put back
   links     a tunnel's device or an alias device created, changed (down flushes routes) or removed
@@ -22,7 +22,7 @@ import struct
 from typing import NamedTuple
 
 from vpnsplit.nldump import attributes
-from vpnsplit.plan import MAIN_TABLE, PROTO
+from vpnsplit.plan import MAIN_TABLE, RTPROT_VPNSPLIT
 
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELRULE = 16, 17, 20, 21, 24, 25, 33
 # RTMGRP_LINK | IPV4_IFADDR | IPV4_ROUTE | IPV4_RULE | IPV6_IFADDR | IPV6_ROUTE | (1 << RTNLGRP_IPV6_RULE - 1)
@@ -152,7 +152,7 @@ def _rt_message(mtype, buf, pos, end, scope):
             return f"IPv{4 if family == socket.AF_INET else 6} route {life} in table {table}"
         return None
     attrs = attributes(buf, pos + 12, end)
-    if attrs.get(FRA_PROTOCOL) != bytes([PROTO]):
+    if attrs.get(FRA_PROTOCOL) != bytes([RTPROT_VPNSPLIT]):
         return None
     return f"rule priority {_u32(attrs, FRA_PRIORITY, 0)} lookup {_u32(attrs, FRA_TABLE, buf[pos + 4])} {life}"
 

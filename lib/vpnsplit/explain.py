@@ -15,7 +15,7 @@ import os
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vpnsplit import nldump, rulewalk, sysctl
+from vpnsplit import dns, nldump, rulewalk, sysctl
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import AF
 from vpnsplit.plan import RTPROT_VPNSPLIT, Snat
@@ -75,7 +75,36 @@ def explain(kernel, tunnels, src, dst=None):
         out["tunnel"] is not None and out["verdict"] == "unreachable" and out["rule_status"] == "matched"
     )
     out["nat"] = _nat(kernel, src, out["device"]) if out["verdict"] == "unicast" else None
+    out["dns"] = _dns(kernel, tunnels, src, local)
     return out
+
+
+def _dns(kernel, tunnels, src, local):
+    """Where a DNS query (UDP/TCP 53, to any resolver) from *src* goes, by vpnsplit's DNS entries:
+    {"action": "redirect"|"refuse"|"none", "to": resolver or None, "tunnel": name or None, "text": ...}; "routed":
+    the redirected query is routed as a packet from SRC to the resolver (a source subnet's, not the host's marked one)."""
+    _, entries = kernel.nat_view()
+    by_device = {t.device: t.name for t in tunnels.values()}
+    by_source = {str(n): t.name for t in tunnels.values() for n in t.sources}
+    for e in entries:
+        if isinstance(e, (dns.DnsSource, dns.DnsBlock)) and src in ipaddress.ip_network(e.source):
+            name = by_source.get(e.source)
+            if isinstance(e, dns.DnsBlock):
+                return {"action": "refuse", "to": None, "tunnel": name,
+                        "text": f"refused at once: source subnet {e.source} of tunnel {name}, which is down (strict)"}
+            return {"action": "redirect", "to": e.to, "tunnel": name, "routed": True,
+                    "text": f"redirected to {e.to} (tunnel {name}'s resolver), whatever resolver it asks"}
+        if isinstance(e, dns.DnsDefault) and local:
+            name = by_device.get(e.device)
+            if e.refuse:
+                return {"action": "refuse", "to": None, "tunnel": name,
+                        "text": f"refused at once: the default VPN's tunnel {name} is down (strict)"}
+            to = next((a for a in e.to if ipaddress.ip_address(a).version == src.version), None)
+            where = f"redirected to {to} (its resolver)" if to else "to the resolver it asks (no resolver of this family known)"
+            return {"action": "redirect", "to": to, "tunnel": name,
+                    "text": f"default VPN: marked {dns.DNS_MARK:#x}, rule {dns.DNS_PRIORITY} into tunnel {name} ({e.device}), "
+                            f"{where}, source rewritten to the tunnel address (masquerade)"}
+    return {"action": "none", "to": None, "tunnel": None, "text": "not redirected by vpnsplit: it goes where the route to its resolver goes"}
 
 
 def _kernel_route(nl, src, dst, iif):
@@ -204,4 +233,5 @@ def describe(r):
         lines.append(
             f"  strict: tunnel {r['tunnel']} is down; the packet is refused here, it cannot leak through the main table"
         )
+    lines.append(f"  dns:    {r['dns']['text']}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from vpnsplit import addresses, config, engine, openvpn, runner
+from vpnsplit import addresses, config, dns, engine, openvpn, runner
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -26,26 +26,30 @@ class Call(NamedTuple):
     tunnels: dict  # every configured tunnel, by name
     lease: Lease | None  # what OpenVPN's up passed; None for down and wg-quick (read off the device)
     prepared: tuple  # runner.prepare()'s (state directory, lock timeout)
+    dns: tuple = ()  # wg-up: the resolvers of wg-quick's `DNS =` line
 
 
 def validate(hook, argv, environ=os.environ):
     """Everything *hook* checks before its first kernel call: its arguments (and OpenVPN's
     environment), the config, which tunnel, the state directory and the lock timeout.
     Returns a Call; InputError names what is wrong, and nothing has been changed."""
+    resolvers = ()
     if hook in ("up", "down"):
         where = "openvpn"  # the log prefix already names the hook
         parsed = openvpn.parse(argv, environ, want_lease=hook == "up")
         device, lease, opts = parsed.device, parsed.lease, {"tunnel": parsed.tunnel, "config": parsed.config}
     elif hook in ("wg-up", "wg-down"):
         where, lease = "wg-quick", None
-        opts, rest = openvpn.split_words(argv, where)
+        opts, rest = openvpn.split_words(argv, where, ("tunnel", "config", "wg-config"))
         if len(rest) != 1:
             raise InputError(f"{where}: expected exactly one interface name (wg-quick's %i), got {len(rest)} arguments")
         device = addresses.ifname(rest[0], f"{where} interface")
+        if hook == "wg-up":  # the resolvers of wg-quick's `DNS =` line, when vpnsplit can find its config file
+            resolvers = dns.from_wg_config(dns.wg_config_path(device, opts.get("wg-config")), required="wg-config" in opts)
     else:
         raise InputError(f"no hook {hook!r} (known: {', '.join(HOOKS)})")
     cfg = config.load(config.path_from(opts.get("config"), environ))
-    return Call(_tunnel(cfg, device, opts.get("tunnel"), where), cfg.tunnels, lease, runner.prepare(environ))
+    return Call(_tunnel(cfg, device, opts.get("tunnel"), where), cfg.tunnels, lease, runner.prepare(environ), resolvers)
 
 
 def _tunnel(cfg, device, name, where):
@@ -82,7 +86,7 @@ def wg_up(args):
     call = validate("wg-up", args)
     with runner.session(call.prepared) as (kernel, statedir):
         # the peers' endpoints are the VPN servers a default VPN must keep out of the tunnel
-        lease = kernel.device_lease(call.tunnel, servers=True)
+        lease = kernel.device_lease(call.tunnel, servers=True)._replace(dns=call.dns)
         changes = engine.up(kernel, statedir, call.tunnel, lease, call.tunnels)
     _report("up", call.tunnel, changes, lease)
 

@@ -69,8 +69,11 @@ class Kernel:
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}
         addrs = frozenset(self.nl.addresses(tunnel.alias_dev, wanted)) if wanted else frozenset()
         intact, entries = self.nat_view()
-        # every nft entry names the tunnel device it is about, and devices are unique per tunnel
-        nft = frozenset(e for e in entries if e.device == tunnel.device and nftkinds.owner(e) == "tunnel")
+        # every nft entry names the tunnel device it is about, and devices are unique per tunnel;
+        # the sources' DNS entries name their subnet, and those are unique per tunnel too
+        sources = {str(n) for n in tunnel.sources}
+        nft = frozenset(e for e in entries if nftkinds.owner(e) == "tunnel" and e.device == tunnel.device
+                        or nftkinds.owner(e) == "source" and e.source in sources)
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 
@@ -103,9 +106,9 @@ class Kernel:
             if recorded:
                 log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
                             " ".join(map(str, lease.locals)), " ".join(map(str, recorded.locals)))
-                # the device cannot show the VPN server (OpenVPN's trusted_ip): losing it would drop
-                # the default VPN's server exception and loop the client's packets into its tunnel
-                lease = lease._replace(servers=recorded.servers)
+                # the device cannot show the VPN server (OpenVPN's trusted_ip) nor the pushed DNS: losing the
+                # server would drop the default VPN's server exception and loop the client's packets into its tunnel
+                lease = lease._replace(servers=recorded.servers, dns=recorded.dns)
         return wgpeers.with_endpoints(self.nl, lease) if servers else lease
 
     def source_devices(self, tunnel, version):

@@ -21,6 +21,8 @@ class Lease(NamedTuple):
     # the VPN server's addresses (OpenVPN trusted_ip, the WireGuard endpoint): a host-wide
     # default through this tunnel must never route the tunnel's own packets into it
     servers: tuple = ()
+    # the tunnel's DNS resolvers as the VPN client said them (OpenVPN's push, wg-quick's DNS =)
+    dns: tuple = ()
 
     @property
     def locals(self):
@@ -29,6 +31,7 @@ class Lease(NamedTuple):
     def to_json(self):
         out = {k: None if v is None else str(v) for k, v in self._asdict().items()}
         out["servers"] = [str(a) for a in self.servers]
+        out["dns"] = [str(a) for a in self.dns]
         return out
 
     @classmethod
@@ -47,7 +50,8 @@ class Lease(NamedTuple):
             if not isinstance(data.get("device"), str) or data.get("dev_type") not in ("tun", "tap"):
                 raise ValueError("device/dev_type")
             servers = tuple(ipaddress.ip_address(_text(a)) for a in data.get("servers") or [])
-            return cls(device=data["device"], dev_type=data["dev_type"], servers=servers, **values)
+            dns = tuple(ipaddress.ip_address(_text(a)) for a in data.get("dns") or [])
+            return cls(device=data["device"], dev_type=data["dev_type"], servers=servers, dns=dns, **values)
         except (ValueError, TypeError, AttributeError) as e:
             raise InputError(f"{where}: damaged ({e}); run 'vpnsplit down {name}' then let the VPN reconnect") from None
 

@@ -43,7 +43,9 @@ class Kind:
     """How one planned type lives in the table. Subclasses declare the data."""
 
     type = None  # the plan class
-    owner = "tunnel"  # "tunnel": the tunnel whose device it names observes it; "default": the default VPN does
+    # "tunnel": the tunnel whose device it names observes it; "source": the tunnel whose source subnet it
+    # names does; "default": the default VPN does
+    owner = "tunnel"
     sets = {}  # name -> (key type, map data type or None, flags)
     chains = {}  # fixed chains: name -> (chain type, hook, priority, [rule expressions])
     own_chains = {}  # chains that exist only while an object of this kind does: name -> (type, hook, priority)
@@ -70,14 +72,14 @@ class ElementKind(Kind):
                 for name, elem in self.elements(entry)]
 
 
-def _prefix(source):
+def interval_key(source):
     """An interval-map key: a plain address for a host, {"prefix": ...} for a subnet."""
     addr, _, length = source.partition("/")
     return {"prefix": {"addr": addr, "len": int(length)}} if length else addr
 
 
-def _source(key):
-    """The inverse of _prefix, for what nft lists."""
+def interval_source(key):
+    """The inverse of interval_key, for what nft lists."""
     return f"{key['prefix']['addr']}/{key['prefix']['len']}" if isinstance(key, dict) else key
 
 
@@ -93,10 +95,10 @@ class SnatKind(ElementKind):
         for f in (4, 6)])}
 
     def elements(self, e):
-        return [(f"snat{e.family}", [_concat(_prefix(e.source), e.device), e.to])]
+        return [(f"snat{e.family}", [_concat(interval_key(e.source), e.device), e.to])]
 
     def read(self, listing):
-        return {Snat(f, _source(key["concat"][0]), key["concat"][1], to) for f in (4, 6) for key, to in listing.sets.get(f"snat{f}", [])}
+        return {Snat(f, interval_source(key["concat"][0]), key["concat"][1], to) for f in (4, 6) for key, to in listing.sets.get(f"snat{f}", [])}
 
 
 def _dnat_keys(f):
@@ -199,7 +201,10 @@ class ReplyMarkKind(Kind):
         return {ReplyMark(6, device)}
 
 
-KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind())}
+# the DNS kinds build on the classes above, so they are imported only once those exist
+from vpnsplit import dnsnat  # noqa: E402
+
+KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind(), *dnsnat.KINDS)}
 SETS = {name: spec for kind in KINDS.values() for name, spec in kind.sets.items()}
 CHAINS = {name: spec for kind in KINDS.values() for name, spec in kind.chains.items()}
 # every chain of ours: name -> (type, hook, priority)

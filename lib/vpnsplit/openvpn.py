@@ -9,7 +9,7 @@ from the environment snapshot taken at up time. IPv6 only ever comes in the envi
 import ipaddress
 from typing import NamedTuple
 
-from vpnsplit import addresses
+from vpnsplit import addresses, dns
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -25,18 +25,19 @@ class HookCall(NamedTuple):
     lease: Lease | None = None  # None for down: it needs only the device
 
 
-def split_words(words, where):
-    """Split our own `--tunnel NAME` / `--config PATH` words off; return (options, rest)."""
+def split_words(words, where, names=("tunnel", "config")):
+    """Split our own `--tunnel NAME` / `--config PATH` words (any of *names*) off; return (options, rest)."""
     opts, rest = {}, []
+    flags = tuple(f"--{n}" for n in names)
     i = 0
     while i < len(words):
         word = words[i]
-        if word in ("--tunnel", "--config"):
+        if word in flags:
             if i + 1 >= len(words):
                 raise InputError(f"{where}: {word} needs a value")
             opts[word[2:]] = words[i + 1]
             i += 2
-        elif word.startswith(("--tunnel=", "--config=")):
+        elif word.startswith(tuple(f"{f}=" for f in flags)):
             key, _, value = word[2:].partition("=")
             opts[key] = value
             i += 1
@@ -134,4 +135,5 @@ def _lease(dev, local, remote, env):
     if local4 is None and local6 is None:
         raise InputError(f"openvpn: no tunnel address for {dev}: ifconfig_local and ifconfig_ipv6_local are both empty")
     servers = tuple(addresses.host_address(env[k], f"openvpn {k}") for k in ("trusted_ip", "trusted_ip6") if env.get(k))
-    return Lease(device=dev, dev_type=dev_type, local4=local4, gateway4=gateway4, local6=local6, gateway6=gateway6, servers=servers)
+    return Lease(device=dev, dev_type=dev_type, local4=local4, gateway4=gateway4, local6=local6, gateway6=gateway6, servers=servers,
+                 dns=dns.from_openvpn(env))

@@ -8,6 +8,7 @@ live in vpnsplit's own nft table, and a tunnel's objects are told apart by its t
 
 from typing import NamedTuple
 
+from vpnsplit import dns
 from vpnsplit.errors import InputError
 
 # The route/rule protocol number that marks vpnsplit's objects (`ip rule` shows "proto 118";
@@ -21,7 +22,8 @@ EVERYWHERE = {4: "0.0.0.0/0", 6: "::/0"}  # the destination of a default route, 
 # The host-wide default VPN's rules (default_vpn): after every tunnel's own rules (config keeps
 # those below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
 DEFAULT_PRIORITY = 32000
-DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
+# and the rule that sends the default VPN's DNS (dns.DnsDefault) into its tunnel
+DEFAULT_PRIORITIES = (dns.DNS_PRIORITY, *range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4))
 
 
 MAIN_TABLE, LOCAL_TABLE = 254, 255
@@ -189,12 +191,15 @@ def plan_up(tunnel, lease):
             nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
             nft.update(Dnat(fam, str(local.ip), tunnel.device, proto, port, str(alias)) for proto, port in tunnel.forward)
         nft.update(Snat(fam, str(net), tunnel.device, str(local.ip)) for net in tunnel.sources if net.version == fam)
-    down = plan_down(tunnel, families=[a.version for a in lease.locals])
+    families = [a.version for a in lease.locals]
+    down = plan_down(tunnel, families=families)
+    # the sources' DNS: redirected while up, refused only while down
+    nft.update(e for e in down.nft if not isinstance(e, dns.DnsBlock))
     return State(
         rules=frozenset(rules | down.rules),
         routes=frozenset(routes | down.routes),
-        addresses=_aliases(tunnel, [a.version for a in lease.locals]) | down.addresses,
-        nft=frozenset(nft | down.nft),
+        addresses=_aliases(tunnel, families) | down.addresses,
+        nft=frozenset(nft | dns.plan_sources(tunnel, lease)),
     )
 
 
@@ -226,6 +231,7 @@ def plan_down(tunnel, families=()):
             routes.add(Route(fam, tunnel.table, EVERYWHERE[fam], type="unreachable", metric=UNREACHABLE_METRIC))
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
+    guards |= dns.plan_sources(tunnel, None)
     return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs, nft=frozenset(guards))
 
 

@@ -23,9 +23,10 @@ from vpnsplit.lease import Lease
 DEFAULT_DIR = "/run/vpnsplit"
 DEFAULT_LOCK_TIMEOUT = 30.0
 LOCK_WAIT_REPORTED = 1.0  # a wait at least this long (seconds) gets a log line
-# the fields of NAME.json listing the devices whose forwarding the tunnel switched on, by IP version
-FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6"}
-NO_DEVICES = {4: frozenset(), 6: frozenset()}
+# the fields of NAME.json listing the devices whose forwarding the tunnel switched on, by IP version, and
+# ("mark") whose src_valid_mark it switched on as the default VPN (sysctl.SWITCH)
+FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6", "mark": "src_valid_mark"}
+NO_DEVICES = {v: frozenset() for v in FORWARDING_FIELDS}
 
 
 def dir_from(environ=os.environ):

@@ -1,7 +1,7 @@
 """`vpnsplit status` and `check`: what should be in the kernel according to the records, what
 is, and the difference, per tunnel and for the default VPN; and its text for people."""
 
-from vpnsplit import default_vpn, plan, sysctl
+from vpnsplit import default_vpn, dns, plan, sysctl
 from vpnsplit.errors import InputError
 
 
@@ -80,6 +80,9 @@ def status(kernel, statedir, tunnel):
         "alias6": None if tunnel.alias6 is None else str(tunnel.alias6),
         "alias_device": tunnel.alias_dev,
         "strict": tunnel.strict,
+        # the resolvers DNS from the sources (and, for the default VPN, the host) is redirected to
+        "dns": [str(a) for a in dns.resolvers(tunnel, lease)],
+        "dns_from": "vpn" if lease and lease.dns else ("config" if tunnel.dns else None),
         "state": "up" if lease else ("down" if applied else "not applied"),
         "lease": lease.to_json() if lease else None,
         "recorded_at": record.when if lease else None,
@@ -124,6 +127,8 @@ def describe(r):
     if r["state"] == "not applied":
         lines.append(f"  not applied yet: nothing of vpnsplit's for {r['tunnel']} is in the kernel; the VPN's connect, "
                      f"vpnsplit up {r['tunnel']} or vpnsplit up --all applies it")
+    if r["dns"]:
+        lines.append(f"  dns: {' '.join(r['dns'])} ({'pushed by the VPN' if r['dns_from'] == 'vpn' else 'dns key'})")
     lines += _objects(r, "absent " if r["state"] == "not applied" else "MISSING")
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     how6 = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"

@@ -21,13 +21,16 @@ from vpnsplit.transaction import Step
 
 log = logging.getLogger("vpnsplit")
 PROC = "/proc/sys/net"
-# the per-device switch vpnsplit turns on for forwarded sources, by IP version, and what a step calls it
-SWITCH = {4: "forwarding", 6: "force_forwarding"}
-SWITCH_NAME = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)"}
+# the per-device switches vpnsplit turns on, and what a step calls them: forwarding for forwarded sources, by
+# IP version, and "mark": IPv4 src_valid_mark on the default VPN's tunnel, so that the reverse-path check of
+# its redirected DNS replies uses their mark (dnsnat.py)
+SWITCH = {4: "forwarding", 6: "force_forwarding", "mark": "src_valid_mark"}
+SWITCH_NAME = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)",
+               "mark": "src_valid_mark (the reverse-path check of the default VPN's DNS replies)"}
 
 
 def _path(version, device, key):
-    return os.path.join(PROC, f"ipv{version}", "conf", device, key)
+    return os.path.join(PROC, "ipv6" if version == 6 else "ipv4", "conf", device, key)
 
 
 def _flag(version, device, key):
@@ -89,10 +92,13 @@ def rp_filter(device):
     return max(values)
 
 
-def _needed(kernel, tunnel, lease, version):
+def _needed(kernel, tunnel, lease, version, is_default):
     """The devices that must forward IP *version* for *tunnel*'s sources with *lease* (none
     while down): where they arrive and the tunnel. IPv6: none if all.forwarding already
-    forwards everywhere, or if the kernel has no per-device switch (then it warns)."""
+    forwards everywhere, or if the kernel has no per-device switch (then it warns).
+    "mark": the tunnel itself while it is the default VPN and up (its DNS replies carry DNS_MARK)."""
+    if version == "mark":
+        return {tunnel.device} if is_default and lease is not None else set()
     local = lease and (lease.local4 if version == 4 else lease.local6)
     if local is None or not any(n.version == version for n in tunnel.sources):
         return set()
@@ -106,7 +112,7 @@ def _needed(kernel, tunnel, lease, version):
     return {tunnel.device, *kernel.source_devices(tunnel, version)}
 
 
-def switch_steps(kernel, switched_before, tunnel, lease):
+def switch_steps(kernel, switched_before, tunnel, lease, is_default=False):
     """(steps switching forwarding back off, steps switching it on, {version: devices switched on after them}).
 
     Forwarding goes on where it is needed and off, and is recorded as vpnsplit's; where it
@@ -116,11 +122,11 @@ def switch_steps(kernel, switched_before, tunnel, lease):
     switched back off. The caller records before switching on and after switching off, so
     a run killed in between leaves a record that claims too much, never too little: the
     next run finds a claimed device off and switches it on, or finds it off already."""
-    offs, ons, switched = [], [], {4: set(), 6: set()}
-    if not tunnel.sources and not any(switched_before.values()):
+    offs, ons, switched = [], [], {v: set() for v in SWITCH}
+    if not tunnel.sources and not is_default and not any(switched_before.values()):
         return offs, ons, switched  # the common case (no source subnets): not even /proc is read
-    for version in (4, 6):
-        was, need = set(switched_before[version]), _needed(kernel, tunnel, lease, version)
+    for version in SWITCH:
+        was, need = set(switched_before.get(version, ())), _needed(kernel, tunnel, lease, version, is_default)
         switched[version] = was & need
         what = SWITCH_NAME[version]
         for dev in sorted(need):

@@ -56,7 +56,14 @@ def test_records_of_0_1_converge_and_check_clean(ns):
     assert switches["ipv4/ctr0/forwarding"] == switches["ipv4/tun0/forwarding"] == "1"
     if "ipv6/ctr0/force_forwarding" in switches:  # Linux 6.17+, as where the records were written
         assert switches["ipv6/ctr0/force_forwarding"] == switches["ipv6/tun0/force_forwarding"] == "1"
-        assert records(ns.state_dir) == old  # read as in place: not even rewritten
+        # read as in place: not even rewritten, but for the default VPN's tunnel, whose record now also
+        # holds the src_valid_mark vpnsplit switched on for its DNS redirect (issue 12), with the lease as it was
+        new = records(ns.state_dir)
+        assert {k: v for k, v in new.items() if k != "provider.json"} == {k: v for k, v in old.items() if k != "provider.json"}
+        was, now = json.loads(old["provider.json"]), json.loads(new["provider.json"])
+        assert now["src_valid_mark"] == ["tun0"] and now["lease"] == {**was["lease"], "dns": []}, now
+        assert {k: v for k, v in now.items() if k not in ("src_valid_mark", "lease", "when")} == {
+            k: v for k, v in was.items() if k not in ("lease", "when")}
     ok(ns.vpnsplit("down", "--all"))
     assert set(records(ns.state_dir)) == {"default"}
 

@@ -13,7 +13,7 @@ import pytest
 from .lab import VPNSPLIT, Lab
 from .pki import make_pki
 
-NEEDED = ("ip", "nft", "openvpn", "openssl", "wg", "wg-quick", "wireguard-go")
+NEEDED = ("ip", "nft", "openvpn", "openssl", "wg", "wg-quick", "wireguard-go", "dnsmasq", "dig", "getent")
 
 
 def missing_reason():
@@ -22,7 +22,7 @@ def missing_reason():
         return "lab tests need root (they create network namespaces)"
     missing = [tool for tool in NEEDED if not shutil.which(tool)]
     if missing:
-        return f"lab tests need {', '.join(missing)} (apt install openvpn wireguard-tools wireguard-go nftables)"
+        return f"lab tests need {', '.join(missing)} (make deps installs them: openvpn wireguard-tools wireguard-go nftables dnsmasq-base bind9-dnsutils)"
     if not os.path.exists("/dev/net/tun"):
         return "lab tests need /dev/net/tun"
     if not os.access(VPNSPLIT, os.X_OK):

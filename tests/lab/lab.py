@@ -99,14 +99,14 @@ class Lab(Network):
                    check=check)
 
     # -- OpenVPN --------------------------------------------------------------------------
-    def openvpn_server(self, mode="subnet", address=None, ipv6=False, address6=None, **start):
+    def openvpn_server(self, mode="subnet", address=None, ipv6=False, address6=None, push=(), **start):
         """Start a server in `vpn`; *address* (and *address6*, with *ipv6*) pins the addresses
-        the client gets (ccd)."""
+        the client gets (ccd); *push*: options it pushes besides redirect-gateway."""
         ccd = self.path("ccd")
         os.makedirs(ccd, exist_ok=True)
         if address:
             self.openvpn_server_address(mode, address, address6)
-        conf = self.write(f"server-{mode}.conf", openvpn.server_config(mode, ccd, ipv6))
+        conf = self.write(f"server-{mode}.conf", openvpn.server_config(mode, ccd, ipv6, push=push))
         server = openvpn.OpenVPN(self, "vpn", f"server-{mode}", conf, self.pki_dir)
         self.servers.append(server)
         return server.start(**start)

@@ -28,8 +28,9 @@ MODES = {
 }
 
 
-def server_config(mode, ccd, ipv6=False, port=1194):
-    """A minimal TLS server for *mode*; per-client addresses come from *ccd* if present."""
+def server_config(mode, ccd, ipv6=False, port=1194, push=()):
+    """A minimal TLS server for *mode*; per-client addresses come from *ccd* if present; *push*:
+    more options to push (e.g. "dhcp-option DNS 192.0.2.53")."""
     dev, pool, topology = MODES[mode]
     lines = [
         f"dev {dev}", "proto udp", f"local {SERVER}", f"port {port}", topology,
@@ -37,8 +38,9 @@ def server_config(mode, ccd, ipv6=False, port=1194):
         "ca ca.crt", "cert server.crt", "key server.key", "dh none",
         f"client-config-dir {ccd}", "keepalive 2 10", "verb 3",
         # What a commercial provider pushes: the client configs must keep the host's
-        # default route anyway (route-nopull / route-noexec), and the tests check it.
+        # default route anyway (pull-filter ignore "redirect-gateway"), and the tests check it.
         'push "redirect-gateway def1"',
+        *(f'push "{option}"' for option in push),
     ]
     if ipv6:
         lines.append(f"server-ipv6 {SERVER_POOL6}")

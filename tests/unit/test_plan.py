@@ -83,9 +83,33 @@ def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_addr
     for lease_ in (lease(v6="fd08::2/64"), lease(), None):
         state = default_vpn.plan_rules(tunnel(), lease_, uplink, [])
         assert {r for r in state.rules if r.priority == plan.DEFAULT_PRIORITY + 1} == {v4, mark}
-        assert state.nft == {plan.ReplyMark(6, "tun0")}
+        assert {e for e in state.nft if isinstance(e, plan.ReplyMark)} == {plan.ReplyMark(6, "tun0")}
     assert str(mark) == "rule from ::/0 fwmark 0x10000000/0x10000000 lookup 254 priority 32001"
     # a rule without a mark is the same value as before the fields existed (observed == planned)
     assert plan.Rule(4, 1, 2, "0.0.0.0/0") == plan.Rule(4, 1, 2, "0.0.0.0/0", "", -1, 0, 0) != mark
     # not strict and no lease: no default rules and no marking at all
     assert default_vpn.plan_rules(tunnel()._replace(strict=False), None, uplink, []) == plan.State()
+
+
+def test_dns_follows_the_sources_and_the_default_vpn():
+    """The sources' DNS goes to the lease's resolver (else the dns key, kept while down with
+    strict); the default VPN marks the host's DNS into its table (rule 31991) and redirects it."""
+    from vpnsplit import dns
+
+    t = tunnel()._replace(sources=(ipaddress.ip_network("10.20.1.0/24"),), dns=(ipaddress.ip_address("192.0.2.53"),))
+    src = lambda to: dns.DnsSource(4, "10.20.1.0/24", to)  # noqa: E731
+    assert {e for e in plan.plan_up(t, lease()).nft if isinstance(e, dns.DnsSource)} == {src("192.0.2.53")}
+    pushed = lease()._replace(dns=(ipaddress.ip_address("10.8.0.1"), ipaddress.ip_address("10.8.0.9")))
+    assert {e for e in plan.plan_up(t, pushed).nft if isinstance(e, dns.DnsSource)} == {src("10.8.0.1")}
+    assert {e for e in plan.plan_down(t).nft if isinstance(e, (dns.DnsSource, dns.DnsBlock))} == {dns.DnsBlock(4, "10.20.1.0/24")}
+    assert not any(isinstance(e, dns.DnsBlock) for e in plan.plan_up(t, lease()).nft)
+    assert not any(isinstance(e, dns.DnsBlock) for e in plan.plan_down(t._replace(strict=False)).nft)
+    # nothing of this for a tunnel with no DNS that is not the default VPN
+    plain = tunnel()._replace(sources=t.sources)
+    assert not any(isinstance(e, (dns.DnsSource, dns.DnsDefault)) for e in plan.plan_up(plain, lease()).nft | plan.plan_down(plain).nft)
+    assert not any(isinstance(e, (dns.DnsSource, dns.DnsBlock)) for e in plan.plan_up(tunnel(), lease()).nft | plan.plan_down(tunnel()).nft)
+    assert not any(r.fwmask == dns.DNS_MARK for r in plan.plan_up(plain, lease()).rules)
+    state = default_vpn.plan_rules(t, pushed, [], [])
+    assert dns.DnsDefault("tun0", ("10.8.0.1",)) in state.nft
+    assert {r for r in state.rules if r.priority == dns.DNS_PRIORITY} == {
+        plan.Rule(f, dns.DNS_PRIORITY, 100, plan.EVERYWHERE[f], fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK) for f in (4, 6)}
