@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from bench import cold, core, many, packet, report
+from bench import backstop, cold, core, many, packet, report
 
 RESULTS = core.REPO / "bench/results.json"
 MARKDOWN = core.REPO / "BENCHMARKS.md"
@@ -97,13 +97,21 @@ def goals(r):
                     "why": "the kernel's ip rules are a linear list and the bench puts tun0's rules after 198 others: "
                            "each new connection walks them ~3 times (part 5); nft does not grow with tunnels. "
                            "Closes for a tunnel whose rules come first (a low `id`/`priority`), which is the user's choice"})
+    b = r.get("7_backstop", {})
+    if "derived" in b:
+        d = b["derived"]
+        t, c = d["throughput with / without the backstop"], d["conn/s with / without the backstop"]
+        out.append({"n": 7, "goal": "throughput and new connections/s with the backstop >= 97% of without",
+                    "measured": f"throughput {100 * t:.0f}%, conn/s {100 * c:.0f}% "
+                                f"(from CPU per connection: {100 * d['CPU per connection without / with the backstop']:.0f}%)",
+                    "ok": t >= 0.97 and c >= 0.97})
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the harness)")
-    ap.add_argument("--only", default="1,3,4,5", help="which parts (2 is measured with 1), e.g. 1,4")
+    ap.add_argument("--only", default="1,3,4,5,7", help="which parts (2 is measured with 1), e.g. 1,4")
     ap.add_argument("--no-write", action="store_true", help="print the results; write neither results.json nor BENCHMARKS.md")
     ap.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/results.json")
     args = ap.parse_args()
@@ -123,6 +131,8 @@ def main():
         "4_scale": lambda: many.run_scale(runs=3 if q else 12, budget=40 if q else 120),
         "5_packet": lambda: packet.run(runs=2 if q else 7, conn_runs=2 if q else 15, seconds=2 if q else 3, conn_seconds=0.5 if q else 1,
                                        budget=40 if q else 240),
+        "7_backstop": lambda: backstop.run(runs=2 if q else 7, conn_runs=2 if q else 11, seconds=2 if q else 3,
+                                           conn_seconds=0.5 if q else 1, budget=40 if q else 200),
     }
     wanted = {p.strip() for p in args.only.split(",")}
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": q,

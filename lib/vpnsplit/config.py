@@ -20,9 +20,9 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
 # 0 (local), 32766 (main) and 32767 (default) are the kernel's own rules, wg-quick takes the
-# free ones just below (32765, 32764), and the host-wide default VPN uses 32000-32003
-# (plan.DEFAULT_PRIORITIES): a tunnel's own rules stay under all of them.
-PRIORITY_MIN, PRIORITY_MAX = 1, 31999 - (PRIORITY_SPAN - 1)
+# free ones just below (32765, 32764), and the host-wide default VPN uses 31990-32003
+# (plan.DEFAULT_OWNED: the clients' and DNS mark rules, then its own): a tunnel's rules stay under all of them.
+PRIORITY_MIN, PRIORITY_MAX = 1, 31989 - (PRIORITY_SPAN - 1)
 # OpenWrt's pbr deletes every rule in this window when it reloads.
 SWEPT_PRIORITIES = range(29745, 30002)
 # `id = N` derives table ID_BASE + N and priority ID_BASE + PRIORITY_SPAN * N (seed 001's convention).
@@ -32,6 +32,9 @@ RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local"}
 TABLE_MAX = 2**32 - 1
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+# a VPN server's host name in `servers`: two or more labels, the last not all digits (that is an address)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)+(?![0-9]+$){_LABEL}")
 # Far above any real config; a bound so that --config /dev/zero or a huge file cannot eat memory.
 MAX_SIZE = 1 << 20
 
@@ -59,6 +62,8 @@ class Tunnel(NamedTuple):
     default: bool = False
     servers: tuple = ()
     id: int | None = None
+    # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
+    server_names: tuple = ()
 
     @property
     def alias_dev(self):
@@ -196,7 +201,7 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-31999 (32000-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
+            f"which must stay within {PRIORITY_MIN}-31989 (31990-32003 are the default VPN's, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):
         raise InputError(
@@ -226,9 +231,15 @@ def _tunnel(name, s, where):
         lan=lan,
         forward=forward,
         default=_bool(s, "default", False, where),
-        servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _list(s, "servers", where)),
+        servers=tuple(addresses.host_address(a, f"{where} servers (an IP address or host name)", None)
+                      for a in _list(s, "servers", where) if not _is_host(a)),
         id=s.get("id"),
+        server_names=tuple(a for a in _list(s, "servers", where) if _is_host(a)),
     )
+
+
+def _is_host(value):
+    return isinstance(value, str) and _HOST.fullmatch(value) is not None
 
 
 def _bool(s, key, default, where):
