@@ -212,48 +212,42 @@ class ReplyMarkKind(Kind):
         return {ReplyMark(device)}
 
 
-class ConfineKind(ElementKind):
+class _BackstopSetKind(ElementKind):
+    """A backstop entry type whose objects are elements of the sets named with *prefixes*
+    (backstop.elements writes them, backstop.entries reads them)."""
+
+    prefixes = ()
+
+    def __init__(self):
+        self.sets = {name: (key, None, flags) for name, (key, flags) in backstop.sets().items() if name.startswith(self.prefixes)}
+
+    def elements(self, e):
+        return backstop.elements(e)
+
+    def read(self, listing):
+        return {e for e in backstop.entries(listing.sets) if isinstance(e, self.type)}
+
+
+class ConfineKind(_BackstopSetKind):
     """The backstop (backstop.py): confine_src4/6 and confine_out4/6 hold a strict tunnel's
     sources and the device each may leave by; its chain on postrouting also reads the Reach
     and Direct kinds' sets and jumps to the kill switch chain (regular, the KillSwitch's)."""
 
-    type = backstop.Confine
-    sets = {name: (key, None, flags) for name, (key, flags) in backstop.sets().items() if name.startswith(("confine_src", "confine_out"))}
+    type, prefixes = backstop.Confine, ("confine_src", "confine_out")
     chains = {backstop.KILLSWITCH: (None, None, None, None),
               backstop.CHAIN: ("filter", "postrouting", backstop.PRIORITY, backstop.chain_rules())}
 
-    def elements(self, e):
-        return backstop.elements(e)
 
-    def read(self, listing):
-        return {e for e in backstop.entries(listing.sets) if isinstance(e, backstop.Confine)}
-
-
-class ReachKind(ElementKind):
+class ReachKind(_BackstopSetKind):
     """confine_to4/6: a source subnet . a destination it may reach on any device."""
 
-    type = backstop.Reach
-    sets = {name: (key, None, flags) for name, (key, flags) in backstop.sets().items() if name.startswith("confine_to")}
-
-    def elements(self, e):
-        return backstop.elements(e)
-
-    def read(self, listing):
-        return {e for e in backstop.entries(listing.sets) if isinstance(e, backstop.Reach)}
+    type, prefixes = backstop.Reach, ("confine_to",)
 
 
-class DirectKind(ElementKind):
+class DirectKind(_BackstopSetKind):
     """direct4/6: what the default VPN's kill switch leaves direct (main's routes)."""
 
-    type = backstop.Direct
-    owner = "default"
-    sets = {name: (key, None, flags) for name, (key, flags) in backstop.sets().items() if name.startswith("direct")}
-
-    def elements(self, e):
-        return backstop.elements(e)
-
-    def read(self, listing):
-        return {e for e in backstop.entries(listing.sets) if isinstance(e, backstop.Direct)}
+    type, prefixes, owner = backstop.Direct, ("direct",), "default"
 
 
 class KillSwitchKind(Kind):
