@@ -119,10 +119,15 @@ def confine(tunnel, locals_=()):
     hosts = [a for a in (tunnel.alias, tunnel.alias6, *locals_) if a is not None]
     out = {Confine(a.version, str(a), dev) for a in hosts}
     for net in tunnel.sources:
-        out.add(Confine(net.version, str(net), dev))
+        out.add(Confine(net.version, _text(net), dev))
         reached = (net, *(lan for lan in tunnel.lan if lan.version == net.version))
-        out.update(Reach(net.version, str(net), str(dst), dev) for dst in reached)
+        out.update(Reach(net.version, _text(net), _text(dst), dev) for dst in reached)
     return out
+
+
+def _text(net):
+    """A network as nft lists it back from an interval set: a host as a plain address."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def killswitch(tunnel, routes):
@@ -132,7 +137,7 @@ def killswitch(tunnel, routes):
         return set()
     nets = [n for n in routes if n.prefixlen]
     collapsed = {v: ipaddress.collapse_addresses(m for m in nets if m.version == v) for v in (4, 6)}
-    direct = {Direct(v, str(n)) for v, ns in collapsed.items() for n in ns}
+    direct = {Direct(v, _text(n)) for v, ns in collapsed.items() for n in ns}
     return {KillSwitch(tunnel.device, tuple(sorted(tunnel.server_names)))} | direct
 
 

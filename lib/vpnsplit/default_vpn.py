@@ -16,6 +16,7 @@ import socket
 from vpnsplit import backstop
 from vpnsplit.config import ID_BASE, PRIORITY_SPAN
 from vpnsplit.errors import InputError, shown
+from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
 from vpnsplit.plan import DEFAULT_PRIORITY, EVERYWHERE, MAIN_TABLE, REPLY_MARK, ReplyMark, Rule, State, host_prefix
 
 log = logging.getLogger("vpnsplit")
@@ -131,8 +132,10 @@ def desired(kernel, default, current):
                     "in the config): %s", tunnel.name,
                     "its own packets may loop into the tunnel" if lease else
                     "with strict, its VPN client cannot reach the server through the kill switch before it connects")
-    # what rule 32000 keeps in main: its unicast routes more specific than a default (the LAN, containers)
-    direct = [net for fam in (socket.AF_INET, socket.AF_INET6) for net, _, rtype, *_ in kernel.nl.main_routes(fam) if net and rtype == 1]
+    # what rule 32000 keeps in main: its unicast routes more specific than a default (the LAN, containers);
+    # not the kernel's route to an IPv6 address of this host (a /128 alias vpnsplit may add in this very run)
+    direct = [net for fam in (socket.AF_INET, socket.AF_INET6) for net, proto, rtype, *_ in kernel.nl.main_routes(fam)
+              if net and rtype == RTN_UNICAST and not (net.prefixlen == 128 and proto == RTPROT_KERNEL)]
     return plan_rules(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)), direct)
 
 

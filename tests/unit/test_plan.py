@@ -109,3 +109,13 @@ def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_addr
     assert plan.Rule(4, 1, 2, "0.0.0.0/0") == plan.Rule(4, 1, 2, "0.0.0.0/0", "", -1, 0, 0) != mark
     # not strict and no lease: no default rules and no marking at all
     assert default_vpn.plan_rules(tunnel()._replace(strict=False), None, uplink, []) == plan.State()
+
+
+def test_backstop_entries_name_a_host_as_nft_lists_it_back():
+    """A /32 (/128) in an interval set is listed as a plain address: the plan must say the same, or
+    check would find a host route of main (a point-to-point peer) missing and stale at once."""
+    nets = [ipaddress.ip_network("10.9.0.5/32"), ipaddress.ip_network("fd10:192::1/128")]
+    assert {e for e in backstop.killswitch(tunnel(), nets) if isinstance(e, backstop.Direct)} == {
+        backstop.Direct(4, "10.9.0.5"), backstop.Direct(6, "fd10:192::1")}
+    t = tunnel(sources=["10.20.1.7/32"], lan=["198.51.100.7/32"])
+    assert backstop.Reach(4, "10.20.1.7", "198.51.100.7", "tun0") in plan.plan_down(t).nft
