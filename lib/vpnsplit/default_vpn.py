@@ -86,7 +86,7 @@ def plan_rules(tunnel, lease, uplink, servers, direct=()):
     which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
     Before all of them (31990) the VPN clients' own packets, marked CLIENT_MARK, use main:
     any tunnel's server, known or not. With strict, the backstop's kill switch lets out of
-    non-tunnel devices only those, replies, DHCP and the *direct* networks (main's routes).
+    non-tunnel devices only those, replies, DHCP, the *direct* networks (main's routes) and the servers.
     """
     carried = {a.version for a in (lease.locals if lease else [])}
     families = {4, 6} if tunnel.strict else carried
@@ -101,6 +101,8 @@ def plan_rules(tunnel, lease, uplink, servers, direct=()):
         rules.add(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, every, fwmark=REPLY_MARK, fwmask=REPLY_MARK))
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, host_prefix(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
+    # the kill switch leaves direct what these rules keep in main: its routes and the servers (32002)
+    direct = [*direct, *(ipaddress.ip_network(s) for s in servers)]
     return State(rules=frozenset(rules), nft=frozenset(nft | backstop.killswitch(tunnel, direct)))
 
 
