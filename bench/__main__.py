@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from bench import cold, core, dnslat, many, packet, report, watch
+from bench import backstop, cold, core, dnslat, many, packet, report, watch
 
 RESULTS = core.REPO / "bench/results.json"
 MARKDOWN = core.REPO / "BENCHMARKS.md"
@@ -111,13 +111,21 @@ def goals(r):
                            "the reply's mark restored), is a large share of a ~50 µs round trip over veth to a resolver "
                            "answering from memory; against a real resolver's milliseconds it is under 1%. p99 on a shared "
                            "machine is mostly the scheduler's"})
+    b = r.get("8_backstop", {})
+    if "derived" in b:
+        d = b["derived"]
+        t, c = d["throughput with / without the backstop"], d["conn/s with / without the backstop"]
+        out.append({"n": 8, "goal": "throughput and new connections/s with the backstop >= 97% of without",
+                    "measured": f"throughput {100 * t:.0f}%, conn/s {100 * c:.0f}% "
+                                f"(from CPU per connection: {100 * d['CPU per connection without / with the backstop']:.0f}%)",
+                    "ok": t >= 0.97 and c >= 0.97})
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the harness)")
-    ap.add_argument("--only", default="1,3,4,5,6,7",
+    ap.add_argument("--only", default="1,3,4,5,6,7,8",
                     help="which parts (2 is measured with 1), e.g. 1,4; the others keep their figures from bench/results.json")
     ap.add_argument("--no-write", action="store_true", help="print the results; write neither results.json nor BENCHMARKS.md")
     ap.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/results.json")
@@ -140,6 +148,8 @@ def main():
                                        budget=40 if q else 240),
         "6_watch": lambda: watch.run(n=6 if q else 50),
         "7_dns": lambda: dnslat.run(queries=200 if q else 1000, budget=60 if q else 300),
+        "8_backstop": lambda: backstop.run(runs=2 if q else 7, conn_runs=2 if q else 11, seconds=2 if q else 3,
+                                           conn_seconds=0.5 if q else 1, budget=40 if q else 200),
     }
     wanted = {p.strip() for p in args.only.split(",")}
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": q,

@@ -126,7 +126,7 @@ class Pair:
         self.server.close()
 
 
-def _interleave(contenders, runs, budget):
+def interleave_calls(contenders, runs, budget):
     """label -> samples, contenders run A B C A B C ..."""
     samples = {label: [] for label in contenders}
     start = time.monotonic()
@@ -138,7 +138,7 @@ def _interleave(contenders, runs, budget):
     return samples
 
 
-def _stats(samples, key=None):
+def sample_stats(samples, key=None):
     return {label: stats([s[key] for s in v] if key else v, scale=1.0) for label, v in samples.items()}
 
 
@@ -177,16 +177,16 @@ def run(runs=5, conn_runs=9, seconds=3, conn_seconds=2, budget=150):
             if k in ("plain", "one"):  # the throughput contenders
                 p.iperf(1)
             p.connrate(0.5)
-        tput = _stats(_interleave({
+        tput = sample_stats(interleave_calls({
             "plain: from 10.8.0.2, no vpnsplit (Gbit/s)": lambda: plain.iperf(seconds),
             "vpnsplit, 1 tunnel: from alias 10.200.0.1, SNAT (Gbit/s)": lambda: one.iperf(seconds),
             "vpnsplit, 1 tunnel: from 10.8.0.2, no SNAT (Gbit/s)": lambda: one.iperf(seconds, src=LOCAL),
         }, runs, budget / 3))
-        raw = _interleave({label: (lambda p=pairs[k]: p.connrate(conn_seconds)) for k, label in CONN.items()}, conn_runs, 2 * budget / 3)
+        raw = interleave_calls({label: (lambda p=pairs[k]: p.connrate(conn_seconds)) for k, label in CONN.items()}, conn_runs, 2 * budget / 3)
     finally:
         for p in pairs.values():
             p.close()
-    conn, cpu = _stats(raw, "per_second"), _stats(raw, "cpu_us_per_connection")
+    conn, cpu = sample_stats(raw, "per_second"), sample_stats(raw, "cpu_us_per_connection")
     t = [v["median"] for v in tput.values()]
     c = {k: conn[label]["median"] for k, label in CONN.items()}
     u = {k: cpu[label]["median"] for k, label in CONN.items()}

@@ -88,11 +88,12 @@ def test_wg_quick_source_subnets_both_families(lab):  # noqa: F811
     counts = counter.counts()
     found += [checks.Check(f"packets from {src} on the isp link", "0", str(counts[src])) for src in (CONTAINER, CONTAINER6)]
     checks.assert_ok(found, lab)
-    # control: without vpnsplit's rules for the subnets (and IPv4 forwarding, which down switched
-    # back off) the same probes do reach the isp
+    # control: without vpnsplit's rules for the subnets and its backstop (and IPv4 forwarding,
+    # which down switched back off) the same probes do reach the isp
     lab.sysctl("host", "net.ipv4.conf.ctr0.forwarding", "1")
     for family in ("-4", "-6"):
         lab.ip("host", family, "rule", "del", "priority", "1103")
+    lab.run("host", ["nft", "flush", "chain", "inet", "vpnsplit", "backstop"])
     for src in (CONTAINER, CONTAINER6):
         lab.whoami(src, checks.plain(src).target, "udp", role="ctr", timeout=0.5)
     assert all(counter[src] > 0 for src in (CONTAINER, CONTAINER6)), f"control failed: {counter.counts()}"
@@ -102,8 +103,8 @@ def test_wg_quick_source_subnets_both_families(lab):  # noqa: F811
 def test_strict_tunnel_down_fails_closed(lab, vpn):  # noqa: F811
     """Alias on lo, strict: after the client stops, the alias errors at once and the isp sees nothing.
 
-    The control at the end removes vpnsplit's alias rule by hand: then the same probe
-    does reach the isp, so the zero before was vpnsplit's doing, not a blind capture.
+    The control at the end removes vpnsplit's alias rule and its backstop by hand: then the same
+    probe does reach the isp, so the zero before was vpnsplit's doing, not a blind capture.
     """
     if vpn == "openvpn":
         lab.write_vpnsplit_config(provider=dict(openvpn_tunnel(), strict=True))
@@ -122,6 +123,7 @@ def test_strict_tunnel_down_fails_closed(lab, vpn):  # noqa: F811
     checks.assert_ok(checks.fail_closed_checks(lab, alias), lab)
 
     lab.ip("host", "rule", "del", "from", alias)
+    lab.run("host", ["nft", "flush", "chain", "inet", "vpnsplit", "backstop"])
     counter = lab.isp_counter([alias])
     lab.whoami(alias, proto="udp", timeout=0.5)  # sent in the clear; no answer expected
     assert counter[alias] > 0, "control failed: the isp counter does not see alias packets at all"

@@ -99,3 +99,32 @@ def subnet(value, where):
     if net is None or "%" in value or net.prefixlen == 0 or net.is_loopback or net.is_multicast:
         raise InputError(f"{where} {value!r} is not a subnet (address/prefix without host bits, not /0)")
     return net
+
+
+# a VPN server's host name in `servers`: two or more labels, the last not all digits (that is an address)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)+(?![0-9]+$){_LABEL}")
+
+
+def is_host_name(value):
+    """Whether *value* is a DNS host name (not an address)."""
+    return isinstance(value, str) and _HOST.fullmatch(value) is not None
+
+
+_FORWARD = re.compile(r"(tcp|udp)/([0-9]{1,5})")
+
+
+def port_forwards(value, where):
+    """A `forward` list: "tcp/51413", "udp/51413", or "all" (every port and protocol), as (proto, port)."""
+    if not isinstance(value, list):
+        raise InputError(f"{where}: forward = {value!r} must be a list like [\"tcp/51413\", \"udp/51413\"] or [\"all\"]")
+    out = []
+    for item in value:
+        m = _FORWARD.fullmatch(item) if isinstance(item, str) else None
+        if item == "all":
+            out.append(("", 0))
+        elif m and 0 < int(m.group(2)) < 65536:
+            out.append((m.group(1), int(m.group(2))))
+        else:
+            raise InputError(f"{where}: forward entry {item!r} is not tcp/PORT, udp/PORT or all")
+    return tuple(out)

@@ -64,6 +64,8 @@ class Tunnel(NamedTuple):
     id: int | None = None
     # the tunnel's DNS resolvers when the VPN client names none (dns.resolvers)
     dns: tuple = ()
+    # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
+    server_names: tuple = ()
 
     @property
     def alias_dev(self):
@@ -215,7 +217,8 @@ def _tunnel(name, s, where):
     lan = _networks(s, "lan", where)
     if lan and not sources:
         raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources, and there are none")
-    forward = _forwards(s, where)
+    forward = addresses.port_forwards(s.get("forward", []), where)
+    servers = _typed(s, "servers", [], list, where)
     if forward and s.get("alias") is None and s.get("alias6") is None:
         raise InputError(f"{where}: forward = {s['forward']!r} needs an alias (or alias6) to forward to")
     return Tunnel(
@@ -233,9 +236,11 @@ def _tunnel(name, s, where):
         lan=lan,
         forward=forward,
         default=_typed(s, "default", False, bool, where),
-        servers=tuple(addresses.host_address(a, f"{where} servers", None) for a in _typed(s, "servers", [], list, where)),
+        servers=tuple(addresses.host_address(a, f"{where} servers (an IP address or host name)", None)
+                      for a in servers if not addresses.is_host_name(a)),
         id=s.get("id"),
         dns=dns.from_config(s.get("dns", []), where),
+        server_names=tuple(a for a in servers if addresses.is_host_name(a)),
     )
 
 
@@ -252,26 +257,6 @@ def _networks(s, key, where):
     if not isinstance(value, list):
         raise InputError(f"{where}: {key} = {value!r} must be a list of subnets, like [\"10.20.1.0/24\"]")
     return tuple(addresses.subnet(item, f"{where}: {key} entry") for item in value)
-
-
-_FORWARD = re.compile(r"(tcp|udp)/([0-9]{1,5})")
-
-
-def _forwards(s, where):
-    """"tcp/51413", "udp/51413", or "all" (every port and protocol)."""
-    value = s.get("forward", [])
-    if not isinstance(value, list):
-        raise InputError(f"{where}: forward = {value!r} must be a list like [\"tcp/51413\", \"udp/51413\"] or [\"all\"]")
-    out = []
-    for item in value:
-        m = _FORWARD.fullmatch(item) if isinstance(item, str) else None
-        if item == "all":
-            out.append(("", 0))
-        elif m and 0 < int(m.group(2)) < 65536:
-            out.append((m.group(1), int(m.group(2))))
-        else:
-            raise InputError(f"{where}: forward entry {item!r} is not tcp/PORT, udp/PORT or all")
-    return tuple(out)
 
 
 def _int(s, key, where):

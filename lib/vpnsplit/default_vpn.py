@@ -11,10 +11,12 @@ tunnel's table, whose strict unreachable default makes this a kill switch.
 
 import ipaddress
 import logging
+import socket
 
-from vpnsplit import dns
+from vpnsplit import backstop, dns
 from vpnsplit.config import ID_BASE, PRIORITY_SPAN
 from vpnsplit.errors import InputError, shown
+from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
 from vpnsplit.plan import DEFAULT_PRIORITY, EVERYWHERE, MAIN_TABLE, REPLY_MARK, ReplyMark, Rule, State, host_prefix
 
 log = logging.getLogger("vpnsplit")
@@ -69,7 +71,7 @@ def target(statedir, tunnels, tunnel, lease):
     return (tunnel, lease) if tunnels and chosen(statedir, tunnels) is tunnel else None
 
 
-def plan_rules(tunnel, lease, uplink, servers):
+def plan_rules(tunnel, lease, uplink, servers, direct=()):
     """The rules (and IPv6 reply marking) that send all of the host's traffic through *tunnel*.
 
     In order: routes more specific than a default stay in main (local and LAN), replies of
@@ -77,32 +79,36 @@ def plan_rules(tunnel, lease, uplink, servers):
     000's normal-table), the VPN's own packets to its *servers* never loop into the tunnel,
     and everything else goes into the tunnel's table.
 
-    Replies are told by their source address for IPv4 (the *uplink* addresses), by conntrack
-    for IPv6 (ReplyMark, rule `fwmark REPLY_MARK`): for an unbound socket IPv6 picks the
+    Replies are told by conntrack (ReplyMark, rule `fwmark REPLY_MARK`), and for IPv4 also by
+    their source address (the *uplink* addresses): for an unbound socket IPv6 picks the
     source after the lookup, and when the lookup failed (the unreachable default, also after
     the client died without down) it looks up again with that source — the uplink address,
     which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
-
+    Before all of them (31990) the VPN clients' own packets, marked CLIENT_MARK, use main:
+    any tunnel's server, known or not. With strict, the backstop's kill switch lets out of
+    non-tunnel devices only those, replies, DHCP, the *direct* networks (main's routes) and the servers.
     The host's DNS follows (dns.DnsDefault): marked into the tunnel's table by rule dns.DNS_PRIORITY.
     """
     carried = {a.version for a in (lease.locals if lease else [])}
     families = {4, 6} if tunnel.strict else carried
-    rules, nft = set(), set()
+    rules, nft = set(), {ReplyMark(tunnel.device)} if families else set()
     for fam in families:
         every = EVERYWHERE[fam]
+        mark = backstop.CLIENT_MARK
+        rules.add(Rule(fam, backstop.CLIENT_PRIORITY, MAIN_TABLE, every, fwmark=mark, fwmask=mark))
         rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
         if fam == 4:
             rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, host_prefix(a)) for a in uplink if a.version == fam)
-        else:
-            rules.add(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, every, fwmark=REPLY_MARK, fwmask=REPLY_MARK))
-            nft.add(ReplyMark(fam, tunnel.device))
+        rules.add(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, every, fwmark=REPLY_MARK, fwmask=REPLY_MARK))
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, host_prefix(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
         # the host's DNS, marked by dns.DnsDefault, into the tunnel whatever its destination
         rules.add(Rule(fam, dns.DNS_PRIORITY, tunnel.table, every, fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK))
     if families:
         nft.add(dns.plan_default(tunnel, lease))
-    return State(rules=frozenset(rules), nft=frozenset(nft))
+    # the kill switch leaves direct what these rules keep in main: its routes and the servers (32002)
+    direct = [*direct, *(ipaddress.ip_network(s) for s in servers)]
+    return State(rules=frozenset(rules), nft=frozenset(nft | backstop.killswitch(tunnel, direct)))
 
 
 def servers_in_place(state, tunnel):
@@ -133,7 +139,11 @@ def desired(kernel, default, current):
                     "in the config): %s", tunnel.name,
                     "its own packets may loop into the tunnel" if lease else
                     "with strict, its VPN client cannot reach the server through the kill switch before it connects")
-    return plan_rules(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)))
+    # what rule 32000 keeps in main: its unicast routes more specific than a default (the LAN, containers);
+    # not the kernel's route to an IPv6 address of this host (a /128 alias vpnsplit may add in this very run)
+    direct = [net for fam in (socket.AF_INET, socket.AF_INET6) for net, proto, rtype, *_ in kernel.nl.main_routes(fam)
+              if net and rtype == RTN_UNICAST and not (net.prefixlen == 128 and proto == RTPROT_KERNEL)]
+    return plan_rules(tunnel, lease, kernel.nl.uplink_addresses(), sorted(servers, key=lambda a: (a.version, a)), direct)
 
 
 def choose(kernel, statedir, tunnel, tunnels):

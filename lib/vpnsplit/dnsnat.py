@@ -30,10 +30,10 @@ kernel uses only with the tunnel device's src_valid_mark (dns.SRC_VALID_MARK).
 CLIENT_MARK (0x20000000) packets are the VPN clients' own and are left alone.
 """
 
+from vpnsplit.backstop import CLIENT_MARK
 from vpnsplit.dns import DNS_MARK, DNS_PORT, DnsBlock, DnsDefault, DnsSource
 from vpnsplit.nftkinds import ADDR, NFPROTO, OIFNAME, ElementKind, Kind, interval_key, interval_source, obj
 
-CLIENT_MARK = 0x20000000
 NAT_DST_PRIORITY, NAT_SRC_PRIORITY, MANGLE_PRIORITY = -101, 99, -150
 NFPROTO_NAME = {4: "ipv4", 6: "ipv6"}
 

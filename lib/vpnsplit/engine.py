@@ -7,12 +7,15 @@ so a killed run's record never misses a switch). If a step fails, every step thi
 is undone in reverse and the error names the step.
 """
 
+import logging
 import socket
 
 from vpnsplit import default_vpn, plan, refusals, sysctl, transaction
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
 from vpnsplit.transaction import Step
+
+log = logging.getLogger("vpnsplit")
 
 
 def up(kernel, statedir, tunnel, lease, tunnels=None):
@@ -64,13 +67,21 @@ def converge(kernel, statedir, targets, default=None, tunnels=()):
         desired, current = desired | want, current | have
         record = statedir.record(tunnel.name)
         is_default = default not in (None, default_vpn.OFF) and default[0] is tunnel
-        offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default)
+        offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default,
+                                                  lambda name=tunnel.name: statedir.claimed_elsewhere(name))
         bookkeeping += offs + _record_steps(statedir, record, lease, switched) + ons
     steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
     try:
-        return transaction.run(steps)
+        changes = transaction.run(steps)
     finally:
         kernel.invalidate()
+    if changes:  # a rule that shadows ours: said where it changes, reported by check whenever
+        from vpnsplit import shadow
+
+        for tunnel, lease in targets:
+            for line in shadow.shadowed(kernel.nl, tunnel, lease) if lease else ():
+                log.warning("tunnel %s: %s", tunnel.name, line)
+    return changes
 
 
 def _steps(kernel, d, nat_view, desired):

@@ -56,14 +56,14 @@ class Kernel:
     def observe_default(self):
         """The host-wide default VPN's objects: vpnsplit's rules at its priorities, its nft entries."""
         nft = frozenset(e for e in self.nat_view()[1] if nftkinds.owner(e) == "default")
-        return plan.State(rules=frozenset(r for r in self.our_rules() if r.priority in plan.DEFAULT_PRIORITIES), nft=nft)
+        return plan.State(rules=frozenset(r for r in self.our_rules() if r.priority in plan.DEFAULT_OWNED), nft=nft)
 
     def observe(self, tunnel):
         """What vpnsplit owns for *tunnel* now: (State, foreign routes in its table, nat view)."""
         # a tunnel's rules point into its table, or (LAN exceptions into main) sit in its priorities
         rules = frozenset(
             r for r in self.our_rules()
-            if (r.table == tunnel.table or r.priority in tunnel.priorities) and r.priority not in plan.DEFAULT_PRIORITIES
+            if (r.table == tunnel.table or r.priority in tunnel.priorities) and r.priority not in plan.DEFAULT_OWNED
         )
         routes, foreign = self.nl.table_routes(tunnel.table)
         wanted = {plan.Address(a.version, tunnel.alias_dev, str(a)) for a in (tunnel.alias, tunnel.alias6) if a}

@@ -7,18 +7,20 @@
         set guard_addr4 { type ipv4_addr }                     # addresses only reachable via ...
         set guard_path4 { type ipv4_addr . ifname }            # ... their own device
         (the same for IPv6)
-        chain postrouting { type nat hook postrouting priority srcnat;
+        chain postrouting { type nat hook postrouting priority 99;  # before Docker's and iptables-nft's at 100
             snat ip to ip saddr . oifname map @snat4 }
-        chain dstnat { type nat hook prerouting priority dstnat;
+        chain dstnat { type nat hook prerouting priority -101;
             dnat ip to ip daddr . iifname . meta l4proto . th dport map @dnat4
             dnat ip to ip daddr . iifname map @dnatall4 }
         chain prerouting { type filter hook prerouting priority raw;
             ip daddr @guard_addr4 ip daddr . iifname != @guard_path4 fib saddr type != local drop }
         # only while the default VPN is on (plan.ReplyMark; vpn0 its tunnel, 0x10000000 plan.REPLY_MARK):
-        chain replies_in { type filter hook input priority filter;
-            meta nfproto ipv6 ct state new iifname != "vpn0" ct mark set ct mark or 0x10000000 }
+        chain replies_pre { type filter hook prerouting priority mangle;
+            ct state new iifname != "vpn0" fib daddr type local ct mark set ct mark or 0x10000000
+            ct mark and 0x10000000 != 0 meta mark set meta mark or 0x10000000 }
         chain replies_out { type route hook output priority mangle;
-            meta nfproto ipv6 ct mark and 0x10000000 != 0 meta mark set meta mark or 0x10000000 }
+            ct mark and 0x10000000 != 0 meta mark set meta mark or 0x10000000 }
+        (the backstop's sets and chains: backstop.py)
     }
 
 A packet costs one lookup per chain however many tunnels exist, and a tunnel's change of
@@ -45,6 +47,9 @@ def skeleton():
         extra = {"flags": flags} if flags else {}
         cmds.append({"add": obj("map", name=name, type=key, map=data, **extra) if data else obj("set", name=name, type=key, **extra)})
     for name, (ctype, hook, prio, rules) in CHAINS.items():
+        if hook is None:  # a regular chain: its rules are an entry's, never flushed here
+            cmds.append({"add": obj("chain", name=name)})
+            continue
         cmds.append({"add": obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
         cmds.append({"flush": obj("chain", name=name)})
         cmds += [{"add": obj("rule", chain=name, expr=expr)} for expr in rules]
@@ -62,7 +67,7 @@ def _delete_table():
 
 def _listing(items):
     """(skeleton intact, Listing) of the items `list table` answered."""
-    sets, chains, rules = {}, set(), {name: [] for name in EVERY_CHAIN}
+    sets, chains, rules, comments = {}, set(), {name: [] for name in EVERY_CHAIN}, {name: [] for name in EVERY_CHAIN}
     for item in items:
         kind, body = next(iter(item.items()))
         if kind in ("set", "map") and body["name"] in SETS:
@@ -75,8 +80,10 @@ def _listing(items):
                 chains.add(body["name"])
         elif kind == "rule" and body.get("chain") in rules:
             rules[body["chain"]].append(body["expr"])
-    intact = set(CHAINS) <= chains and set(sets) == set(SETS) and all(rules[n] == spec[3] for n, spec in CHAINS.items())
-    return intact, Listing(sets, chains, rules)
+            comments[body["chain"]].append(body.get("comment"))
+    fixed = {n: spec[3] for n, spec in CHAINS.items() if spec[1] is not None}
+    intact = set(CHAINS) <= chains and set(sets) == set(SETS) and all(rules[n] == want for n, want in fixed.items())
+    return intact, Listing(sets, chains, rules, comments)
 
 
 class NatTable:

@@ -14,7 +14,9 @@ FAMILY, TABLE = "inet", "vpnsplit"
 NFPROTO = {4: "ip", 6: "ip6"}  # nft's payload protocol of each IP version
 ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
-SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY, MANGLE_PRIORITY, FILTER_PRIORITY = 100, -100, -300, -150, 0
+# NAT at 99/-101: nat chains on one hook run in priority order and the first binding wins, so
+# vpnsplit's SNAT comes before a Docker-style MASQUERADE (iptables-nft, 100) whichever was loaded last.
+SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY, MANGLE_PRIORITY = 99, -101, -300, -150
 IIFNAME, OIFNAME = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
 
 
@@ -37,6 +39,7 @@ class Listing(NamedTuple):
     sets: dict  # set or map name -> its elements, for each of ours of our type
     chains: set  # names of our chains with our type, hook and priority
     rules: dict  # chain name -> the expressions of its rules, in order
+    comments: dict = {}  # chain name -> the comment of each of its rules, in order
 
 
 class Kind:
@@ -47,7 +50,8 @@ class Kind:
     # names does; "default": the default VPN does
     owner = "tunnel"
     sets = {}  # name -> (key type, map data type or None, flags)
-    chains = {}  # fixed chains: name -> (chain type, hook, priority, [rule expressions])
+    chains = {}  # fixed chains: name -> (chain type, hook, priority, [rule expressions]); hook None: a
+    # regular chain, created but never flushed by the skeleton (its rules are an entry's)
     own_chains = {}  # chains that exist only while an object of this kind does: name -> (type, hook, priority)
 
     def commands(self, verb, entry):
@@ -157,54 +161,62 @@ class GuardKind(ElementKind):
         return out
 
 
+def chain_commands(verb, chains, rules, comments=None):
+    """Add (replacing whatever the chains hold) or delete (absent is fine; a regular chain is
+    flushed) the chains one entry stands for; *comments*: chain name -> a comment per rule."""
+    cmds = []
+    for name, exprs in rules.items():
+        ctype, hook, prio = chains[name]
+        cmds.append({"add": obj("chain", name=name, **(dict(type=ctype, hook=hook, prio=prio, policy="accept") if hook else {}))})
+        if verb == "add":
+            notes = (comments or {}).get(name) or [None] * len(exprs)
+            cmds.append({"flush": obj("chain", name=name)})
+            cmds += [{"add": obj("rule", chain=name, expr=e, **({"comment": c} if c else {}))} for e, c in zip(exprs, notes)]
+        else:
+            cmds.append({"delete" if hook else "flush": obj("chain", name=name)})
+    return cmds
+
+
 class ReplyMarkKind(Kind):
-    """The default VPN's IPv6 reply marking: two chains that exist only while it is on. A
-    route chain for the output, because only there does a changed packet mark make the
-    kernel look the route up again (rule 32001)."""
+    """The default VPN's reply marking: two chains that exist only while it is on. Prerouting,
+    so that forwarded replies (a published container port) are marked before their route is
+    chosen; a route chain for the host's own, because only there does a changed packet mark
+    make the kernel look the route up again (rule 32001)."""
 
     type = ReplyMark
     owner = "default"
-    own_chains = {"replies_in": ("filter", "input", FILTER_PRIORITY), "replies_out": ("route", "output", MANGLE_PRIORITY)}
+    own_chains = {"replies_pre": ("filter", "prerouting", MANGLE_PRIORITY), "replies_out": ("route", "output", MANGLE_PRIORITY)}
 
     @staticmethod
     def rules(device):
-        """chain name -> the one rule of that chain, for the default VPN's tunnel *device*."""
-        ipv6 = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}
+        """chain name -> the rules of that chain, for the default VPN's tunnel *device*."""
         ct, meta = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
-        return {
-            "replies_in": [ipv6, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
-                           {"match": {"op": "!=", "left": IIFNAME, "right": device}},
-                           {"mangle": {"key": ct, "value": {"|": [ct, REPLY_MARK]}}}],
-            "replies_out": [ipv6, {"match": {"op": "!=", "left": {"&": [ct, REPLY_MARK]}, "right": 0}},
-                            {"mangle": {"key": meta, "value": {"|": [meta, REPLY_MARK]}}}],
-        }
+        restore = [{"match": {"op": "!=", "left": {"&": [ct, REPLY_MARK]}, "right": 0}},
+                   {"mangle": {"key": meta, "value": {"|": [meta, REPLY_MARK]}}}]
+        # new connections for this host arriving not through the tunnel (before DNAT: a published container port counts)
+        arrived = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                   {"match": {"op": "!=", "left": IIFNAME, "right": device}},
+                   {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+                   {"mangle": {"key": ct, "value": {"|": [ct, REPLY_MARK]}}}]
+        return {"replies_pre": [arrived, restore], "replies_out": [restore]}
 
     def commands(self, verb, entry):
-        """Add (replacing whatever the chains hold) or delete (absent is fine) the chains."""
-        cmds = []
-        for name, expr in self.rules(entry.device).items():
-            ctype, hook, prio = self.own_chains[name]
-            cmds.append({"add": obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
-            if verb == "add":
-                cmds += [{"flush": obj("chain", name=name)}, {"add": obj("rule", chain=name, expr=expr)}]
-            else:
-                cmds.append({"delete": obj("chain", name=name)})
-        return cmds
+        return chain_commands(verb, self.own_chains, self.rules(entry.device))
 
     def read(self, listing):
-        """The marking the chains stand for, unless they do not both hold exactly their rule."""
-        if not set(self.own_chains) <= listing.chains or len(listing.rules["replies_in"]) != 1:
+        """The marking the chains stand for, unless they do not both hold exactly their rules."""
+        if not set(self.own_chains) <= listing.chains or not listing.rules["replies_pre"]:
             return set()
-        device = next((e["match"]["right"] for e in listing.rules["replies_in"][0] if e.get("match", {}).get("left") == IIFNAME), None)
-        if not isinstance(device, str) or any(listing.rules[name] != [expr] for name, expr in self.rules(device).items()):
+        device = next((e["match"]["right"] for e in listing.rules["replies_pre"][0] if e.get("match", {}).get("left") == IIFNAME), None)
+        if not isinstance(device, str) or any(listing.rules[name] != exprs for name, exprs in self.rules(device).items()):
             return set()
-        return {ReplyMark(6, device)}
+        return {ReplyMark(device)}
 
 
-# the DNS kinds build on the classes above, so they are imported only once those exist
-from vpnsplit import dnsnat  # noqa: E402
+# the DNS and backstop kinds build on the classes above, so they are imported only once those exist
+from vpnsplit import backstopnat, dnsnat  # noqa: E402
 
-KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind(), *dnsnat.KINDS)}
+KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind(), *dnsnat.KINDS, *backstopnat.KINDS)}
 SETS = {name: spec for kind in KINDS.values() for name, spec in kind.sets.items()}
 CHAINS = {name: spec for kind in KINDS.values() for name, spec in kind.chains.items()}
 # every chain of ours: name -> (type, hook, priority)

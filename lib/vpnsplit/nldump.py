@@ -29,7 +29,9 @@ RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE =
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 1, 2, 6, 10, 14, 15, 16, 21
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 2, 3, 4, 5, 6, 15
+# rtm_flags of a route get: report the table the lookup used (else the kernel says main)
+RTM_F_LOOKUP_TABLE = 0x1000
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLA_TYPE_MASK = 0x3FFF
 
@@ -83,6 +85,27 @@ def routes(family, table):
     return out
 
 
+def route_table(family, dst, src, iif=None):
+    """The table the kernel's lookup of *dst* from *src* (as if arriving on device index *iif*)
+    takes: `ip route get DST from SRC [iif DEV]`'s table. None if the lookup fails (unreachable,
+    or a source the reverse-path check refuses)."""
+    size = 4 if family == socket.AF_INET else 16
+    body = _RTM.pack(family, 8 * size, 8 * size, 0, 0, 0, 0, 0, RTM_F_LOOKUP_TABLE)
+    for attr, addr in ((RTA_DST, dst), (RTA_SRC, src)):
+        body += _NLA.pack(4 + size, attr) + socket.inet_pton(family, addr)
+    if iif is not None:
+        body += _NLA.pack(8, RTA_IIF) + _U32.pack(iif)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as s:
+        s.bind((0, 0))
+        s.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, 1, 0) + body)
+        buf = s.recv(1 << 16)
+    mtype = _HDR.unpack_from(buf)[1]
+    if mtype != RTM_NEWROUTE:
+        return None  # NLMSG_ERROR: the lookup failed
+    attrs = attributes(buf, _HDR.size + _RTM.size, _HDR.unpack_from(buf)[0])
+    return _u32(attrs, RTA_TABLE) or _RTM.unpack_from(buf, _HDR.size)[4]
+
+
 def addresses():
     """Every address of every device, as (index, family, prefixlen, scope, IFA_LOCAL or None,
     IFA_ADDRESS or None) in dump order."""
@@ -126,7 +149,6 @@ def _dump(msgtype, body, strict=False):
 
 
 def attributes(buf, pos, end):
-    """The netlink attributes between *pos* and *end* of *buf*: {type: payload bytes}."""
     """The netlink attributes between *pos* and *end* of *buf*: {type: payload bytes}."""
     attrs = {}
     while pos + _NLA.size <= end:

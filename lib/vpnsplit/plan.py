@@ -8,7 +8,7 @@ live in vpnsplit's own nft table, and a tunnel's objects are told apart by its t
 
 from typing import NamedTuple
 
-from vpnsplit import dns
+from vpnsplit import backstop, dns
 from vpnsplit.errors import InputError
 
 # The route/rule protocol number that marks vpnsplit's objects (`ip rule` shows "proto 118";
@@ -22,8 +22,9 @@ EVERYWHERE = {4: "0.0.0.0/0", 6: "::/0"}  # the destination of a default route, 
 # The host-wide default VPN's rules (default_vpn): after every tunnel's own rules (config keeps
 # those below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
 DEFAULT_PRIORITY = 32000
-# and the rule that sends the default VPN's DNS (dns.DnsDefault) into its tunnel
-DEFAULT_PRIORITIES = (dns.DNS_PRIORITY, *range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4))
+DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
+# every rule from the clients' mark rule (31990) and the DNS mark rule (31991) to 32003 is the default VPN's
+DEFAULT_OWNED = range(backstop.CLIENT_PRIORITY, DEFAULT_PRIORITY + 4)
 
 
 MAIN_TABLE, LOCAL_TABLE = 254, 255
@@ -31,7 +32,7 @@ MAIN_TABLE, LOCAL_TABLE = 254, 255
 # clear of the well-known users: kube-proxy 0x4000/0x8000, Tailscale and OpenWrt pbr 0xff0000,
 # wg-quick's fwmark 0xca6c, mwan3 0x3f00, Cilium's 0x0f00 (Calico's default mask 0xffff0000
 # overlaps it). vpnsplit only ORs it in and tests it, other bits are left alone.
-REPLY_MARK = 0x10000000
+REPLY_MARK = backstop.REPLY_MARK
 
 
 class Rule(NamedTuple):
@@ -127,16 +128,16 @@ class Guard(NamedTuple):
 
 
 class ReplyMark(NamedTuple):
-    """The default VPN's IPv6 reply marking, two chains of vpnsplit's nft table: a connection
-    that arrives at this host (input) on any device but DEVICE (the default VPN's tunnel) gets
-    REPLY_MARK in its conntrack mark, and its outgoing IPv6 packets get it as packet mark
-    (a route chain, so the kernel looks the route up again), which rule 32001 sends to main."""
+    """The default VPN's reply marking, two chains of vpnsplit's nft table: a connection for
+    this host (also one DNAT-ed on to a container) that arrives on any device but DEVICE (the
+    default VPN's tunnel) gets REPLY_MARK in its conntrack mark, and its packets get it as
+    packet mark (in prerouting for forwarded replies, in a route chain for the host's own, so
+    the kernel looks the route up again), which rule 32001 sends to main. Both families."""
 
-    family: int
     device: str
 
     def __str__(self):
-        return f"mark replies of IPv6 connections arriving not via {self.device} with {REPLY_MARK:#x}"
+        return f"mark replies of connections arriving not via {self.device} with {REPLY_MARK:#x}"
 
 
 class State(NamedTuple):
@@ -191,6 +192,7 @@ def plan_up(tunnel, lease):
             nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
             nft.update(Dnat(fam, str(local.ip), tunnel.device, proto, port, str(alias)) for proto, port in tunnel.forward)
         nft.update(Snat(fam, str(net), tunnel.device, str(local.ip)) for net in tunnel.sources if net.version == fam)
+    nft.update(backstop.confine(tunnel, [a.ip for a in lease.locals]))
     families = [a.version for a in lease.locals]
     down = plan_down(tunnel, families=families)
     # the sources' DNS: redirected while up, refused only while down
@@ -229,6 +231,7 @@ def plan_down(tunnel, families=()):
     if tunnel.strict:
         for fam in (4, 6):
             routes.add(Route(fam, tunnel.table, EVERYWHERE[fam], type="unreachable", metric=UNREACHABLE_METRIC))
+        guards.update(backstop.confine(tunnel))  # the backstop holds without the rules
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
     guards |= dns.plan_sources(tunnel, None)

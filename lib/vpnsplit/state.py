@@ -116,6 +116,22 @@ class StateDir:
     def _reread(self):
         self._records, self._choice = {}, None
 
+    def names(self):
+        """The tunnels that have a record here."""
+        try:
+            return sorted(f[:-5] for f in os.listdir(self.path) if f.endswith(".json"))
+        except OSError:
+            return []
+
+    def claimed_elsewhere(self, name):
+        """{IP version: devices} whose forwarding the records of tunnels other than *name* claim."""
+        claimed = {}
+        for other in self.names():
+            if other != name:
+                for version, devices in self.record(other).forwarding.items():
+                    claimed.setdefault(version, set()).update(devices)
+        return claimed
+
     def record(self, name):
         """The Record of tunnel *name* (read on first use)."""
         if name not in self._records:

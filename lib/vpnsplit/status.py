@@ -63,6 +63,10 @@ def status(kernel, statedir, tunnel):
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     problems += _moved(kernel, tunnel, lease)
+    if lease and kernel.nl.link_index(tunnel.device) is not None:
+        from vpnsplit import shadow
+
+        problems += shadow.shadowed(kernel.nl, tunnel, lease)
     versions = sorted({n.version for n in tunnel.sources})
     devices = [tunnel.device, *sorted({dev for v in versions for dev in kernel.source_devices(tunnel, v)})]
     switched = record.forwarding if lease else {}

@@ -65,7 +65,12 @@ def per_device6():
 
 def all_forwarding6():
     """net.ipv6.conf.all.forwarding: the host-wide IPv6 switch (the admin's)."""
-    return _flag(6, "all", "forwarding")
+    return host_wide(6)
+
+
+def host_wide(version):
+    """net.ipvVERSION.conf.all.forwarding: the admin's host-wide switch (ip_forward for IPv4)."""
+    return _flag(version, "all", "forwarding")
 
 
 def forwarding(device, version):
@@ -112,29 +117,37 @@ def _needed(kernel, tunnel, lease, version, is_default):
     return {tunnel.device, *kernel.source_devices(tunnel, version)}
 
 
-def switch_steps(kernel, switched_before, tunnel, lease, is_default=False):
+def switch_steps(kernel, switched_before, tunnel, lease, is_default=False, claimed=dict):
     """(steps switching forwarding back off, steps switching it on, {version: devices switched on after them}).
 
     Forwarding goes on where it is needed and off, and is recorded as vpnsplit's; where it
-    is on already it is the admin's and stays. A device in *switched_before* (the record)
-    found off (writing net.ipv6.conf.all.forwarding = 0 resets force_forwarding) is switched
-    on again. Devices switched before but no longer needed (all of them on down) are
-    switched back off. The caller records before switching on and after switching off, so
-    a run killed in between leaves a record that claims too much, never too little: the
-    next run finds a claimed device off and switches it on, or finds it off already."""
+    is on already it is the admin's and stays (unless another tunnel's record claims it:
+    *claimed*() gives {version: devices}; then this one claims it too). A device in *switched_before* (the
+    record) found off (writing net.ipv6.conf.all.forwarding = 0 resets force_forwarding) is
+    switched on again. Devices switched before but no longer needed (all of them on down)
+    are switched back off, except while the host-wide switch (net.ipv4.conf.all.forwarding,
+    net.ipv6.conf.all.forwarding) is on — writing ip_forward=1 rewrites every device's value,
+    so "switched on after us" cannot be told per device — or while another tunnel claims the
+    device. The caller records before switching on and after switching off, so a run killed
+    in between leaves a record that claims too much, never too little: the next run finds a
+    claimed device off and switches it on, or finds it off already."""
     offs, ons, switched = [], [], {v: set() for v in SWITCH}
     if not tunnel.sources and not is_default and not any(switched_before.values()):
         return offs, ons, switched  # the common case (no source subnets): not even /proc is read
+    claimed = claimed()
     for version in SWITCH:
         was, need = set(switched_before.get(version, ())), _needed(kernel, tunnel, lease, version, is_default)
-        switched[version] = was & need
+        others = claimed.get(version, set())
+        switched[version] = (was | others) & need
         what = SWITCH_NAME[version]
         for dev in sorted(need):
             if switch(dev, version) is False:
                 ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: set_switch(d, v, True),
                                 lambda d=dev, v=version: set_switch(d, v, False)))
                 switched[version].add(dev)
-        for dev in sorted(was - need):
+        if version != "mark" and host_wide(version):
+            continue
+        for dev in sorted(was - need - others):
             offs.append(Step(f"switch {what} on {dev} back off", lambda d=dev, v=version: set_switch(d, v, False),
                              lambda d=dev, v=version: set_switch(d, v, True)))
     return offs, ons, switched

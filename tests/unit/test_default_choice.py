@@ -153,12 +153,16 @@ def test_an_error_answer_keeps_the_lease_and_warns(tmp_path, monkeypatch, caplog
 
 
 class _Kernel:
-    """What default_vpn.desired asks of the kernel: the uplink's addresses."""
+    """What default_vpn.desired asks of the kernel: the uplink's addresses, main's routes."""
 
     class nl:
         @staticmethod
         def uplink_addresses():
             return [ipaddress.ip_address("198.51.100.10")]
+
+        @staticmethod
+        def main_routes(family):
+            return [(ipaddress.ip_network("198.51.100.0/24"), 2, 1, 2, None)] if family == 2 else []
 
 
 def test_a_client_naming_no_server_keeps_the_exceptions_in_place():

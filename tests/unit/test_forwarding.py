@@ -51,8 +51,9 @@ def kernel():
     k.close()
 
 
-def run(kernel, switched_before, lease):
-    offs, ons, switched = sysctl.switch_steps(kernel, switched_before, TUNNEL, lease)
+def run(kernel, switched_before, lease, statedir=None):
+    claimed = statedir.claimed_elsewhere if statedir else (lambda name: {})
+    offs, ons, switched = sysctl.switch_steps(kernel, switched_before, TUNNEL, lease, claimed=lambda: claimed("p"))
     for step in offs + ons:
         step.do()
     return [s.name for s in offs + ons], switched
@@ -104,3 +105,28 @@ def test_record_without_forwarding6_loads_and_switches_nothing_back(proc, tmp_pa
     doc = json.loads((d / "p.json").read_text())
     assert (doc["forwarding"], doc["forwarding6"]) == (["ctr0"], ["ctr0", "tun0"])
     assert statedir.record("p").forwarding == {4: {"ctr0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+
+
+def test_down_switches_nothing_off_while_the_host_wide_switch_is_on(proc, kernel):
+    """ip_forward=1 rewrites every device's value: 'switched on after us' cannot be told per device."""
+    root = proc()
+    names, switched = run(kernel, NONE, LEASE)
+    assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+    (root / "ipv4/conf/all/forwarding").write_text("1\n")
+    names, _ = run(kernel, switched, None)
+    assert names == ["switch IPv6 forwarding (force_forwarding) on ctr0 back off", "switch IPv6 forwarding (force_forwarding) on tun0 back off"]
+    assert read(root, 4, "ctr0", "forwarding") == "1"
+
+
+def test_down_keeps_a_device_another_tunnel_claims(proc, tmp_path, kernel):
+    root = proc()
+    d = tmp_path / "state"
+    d.mkdir()
+    statedir = state.StateDir(str(d))
+    statedir.write("q", LEASE, {4: {"ctr0"}, 6: set()})  # another tunnel with sources on ctr0
+    both = {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+    assert run(kernel, NONE, LEASE, statedir)[1] == both
+    names, _ = run(kernel, both, None, statedir)
+    assert names == ["switch IPv4 forwarding on tun0 back off", "switch IPv6 forwarding (force_forwarding) on ctr0 back off",
+                     "switch IPv6 forwarding (force_forwarding) on tun0 back off"]
+    assert read(root, 4, "ctr0", "forwarding") == "1"

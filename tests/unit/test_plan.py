@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from vpnsplit import config, default_vpn, plan
+from vpnsplit import backstop, config, default_vpn, dns, plan
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -29,14 +29,32 @@ def test_up_on_tun():
     assert plan.Route(4, 100, "0.0.0.0/0", device="tun0") in s.routes
     assert {r.type for r in s.routes if r.type == "unreachable"} == {"unreachable"}
     assert s.addresses == {plan.Address(4, "tun0", "10.192.8.1")}
-    assert s.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.2"), plan.Guard(4, "10.8.0.2", "tun0"), plan.Guard(4, "10.192.8.1", "tun0")}
+    assert s.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.2"), plan.Guard(4, "10.8.0.2", "tun0"), plan.Guard(4, "10.192.8.1", "tun0"),
+                     backstop.Confine(4, "10.192.8.1", "tun0"), backstop.Confine(4, "10.8.0.2", "tun0")}
 
 
 def test_strict_down_keeps_alias_rules_and_unreachable_for_both_families():
     s = plan.plan_down(tunnel(alias6="fd10::1"))
     assert s.rules == {plan.Rule(4, 1001, 100, "10.192.8.1/32"), plan.Rule(6, 1001, 100, "fd10::1/128")}
     assert {(r.family, r.type) for r in s.routes} == {(4, "unreachable"), (6, "unreachable")}
-    assert not s.addresses and all(isinstance(e, plan.Guard) for e in s.nft)  # alias on the tunnel device goes with it
+    assert not s.addresses and all(isinstance(e, (plan.Guard, backstop.Confine)) for e in s.nft)  # alias on the tunnel device goes with it
+    assert backstop.Confine(6, "fd10::1", "tun0") in s.nft and backstop.Confine(6, "fd10::1", "tun0") != plan.Guard(6, "fd10::1", "tun0")
+
+
+def test_backstop_confines_sources_with_their_own_subnet_and_lan_and_only_with_strict():
+    t = tunnel(sources=["10.20.1.0/24"], lan=["198.51.100.0/24"])
+    s = plan.plan_down(t)
+    assert {e for e in s.nft if isinstance(e, backstop.Reach)} == {
+        backstop.Reach(4, "10.20.1.0/24", "10.20.1.0/24", "tun0"), backstop.Reach(4, "10.20.1.0/24", "198.51.100.0/24", "tun0")}
+    assert backstop.Confine(4, "10.20.1.0/24", "tun0") in s.nft
+    assert not any(isinstance(e, (backstop.Confine, backstop.Reach)) for e in plan.plan_up(t._replace(strict=False), lease()).nft)
+
+
+def test_kill_switch_leaves_main_routes_direct_collapsed():
+    nets = [ipaddress.ip_network(n) for n in ("198.51.100.0/24", "198.51.100.128/25", "0.0.0.0/0", "fd08::/64")]
+    ks = backstop.killswitch(tunnel(), nets)
+    assert ks == {backstop.KillSwitch("tun0"), backstop.Direct(4, "198.51.100.0/24"), backstop.Direct(6, "fd08::/64")}
+    assert backstop.killswitch(tunnel(strict=False), nets) == set()
 
 
 def test_alias_on_lo_stays_when_strict():
@@ -69,21 +87,23 @@ def test_diff_of_restart_swaps_only_what_changed():
     t = tunnel()
     d = plan.diff(plan.plan_up(t, lease("10.8.0.7/24")), plan.plan_up(t, lease()))
     assert d.add.rules == {plan.Rule(4, 1000, 100, "10.8.0.7/32")} and d.remove.rules == {plan.Rule(4, 1000, 100, "10.8.0.2/32")}
-    assert d.add.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7"), plan.Guard(4, "10.8.0.7", "tun0")} and not d.add.routes and not d.remove.routes
+    assert d.add.nft == {plan.Snat(4, "10.192.8.1", "tun0", "10.8.0.7"), plan.Guard(4, "10.8.0.7", "tun0"),
+                         backstop.Confine(4, "10.8.0.7", "tun0")} and not d.add.routes and not d.remove.routes
     assert plan.diff(plan.plan_up(t, lease()), plan.plan_up(t, lease())) == NO_CHANGE
 
 
 def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_address():
     """IPv6 retries a failed lookup of an unbound socket with the chosen (uplink) source:
     'from <uplink6> lookup main' beside the strict unreachable would let that out in the clear,
-    also after the client died without down. So IPv6's 32001 selects the reply mark, always."""
+    also after the client died without down. So IPv6's 32001 selects the reply mark, always;
+    IPv4 has both (the mark, set in prerouting, also covers forwarded replies: published container ports)."""
     uplink = [ipaddress.ip_address("198.51.100.10"), ipaddress.ip_address("2001:db8:51::10")]
     mark = plan.Rule(6, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "::/0", fwmark=plan.REPLY_MARK, fwmask=plan.REPLY_MARK)
     v4 = plan.Rule(4, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "198.51.100.10/32")
     for lease_ in (lease(v6="fd08::2/64"), lease(), None):
         state = default_vpn.plan_rules(tunnel(), lease_, uplink, [])
-        assert {r for r in state.rules if r.priority == plan.DEFAULT_PRIORITY + 1} == {v4, mark}
-        assert {e for e in state.nft if isinstance(e, plan.ReplyMark)} == {plan.ReplyMark(6, "tun0")}
+        assert {r for r in state.rules if r.priority == plan.DEFAULT_PRIORITY + 1} == {v4, mark, mark._replace(family=4, src="0.0.0.0/0")}
+        assert {e for e in state.nft if not isinstance(e, (backstop.Direct, dns.DnsDefault))} == {plan.ReplyMark("tun0"), backstop.KillSwitch("tun0")}
     assert str(mark) == "rule from ::/0 fwmark 0x10000000/0x10000000 lookup 254 priority 32001"
     # a rule without a mark is the same value as before the fields existed (observed == planned)
     assert plan.Rule(4, 1, 2, "0.0.0.0/0") == plan.Rule(4, 1, 2, "0.0.0.0/0", "", -1, 0, 0) != mark
@@ -113,3 +133,13 @@ def test_dns_follows_the_sources_and_the_default_vpn():
     assert dns.DnsDefault("tun0", ("10.8.0.1",)) in state.nft
     assert {r for r in state.rules if r.priority == dns.DNS_PRIORITY} == {
         plan.Rule(f, dns.DNS_PRIORITY, 100, plan.EVERYWHERE[f], fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK) for f in (4, 6)}
+
+
+def test_backstop_entries_name_a_host_as_nft_lists_it_back():
+    """A /32 (/128) in an interval set is listed as a plain address: the plan must say the same, or
+    check would find a host route of main (a point-to-point peer) missing and stale at once."""
+    nets = [ipaddress.ip_network("10.9.0.5/32"), ipaddress.ip_network("fd10:192::1/128")]
+    assert {e for e in backstop.killswitch(tunnel(), nets) if isinstance(e, backstop.Direct)} == {
+        backstop.Direct(4, "10.9.0.5"), backstop.Direct(6, "fd10:192::1")}
+    t = tunnel(sources=["10.20.1.7/32"], lan=["198.51.100.7/32"])
+    assert backstop.Reach(4, "10.20.1.7", "198.51.100.7", "tun0") in plan.plan_down(t).nft

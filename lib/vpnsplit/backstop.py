@@ -1,0 +1,294 @@
+"""The netfilter backstop: what may leave the host, decided in netfilter rather than by the rules.
+
+The routing rules choose the good path; these chains make a rule sweep (`ip rule flush`), a
+socket bound to the uplink (SO_BINDTODEVICE, `ping -I eth0`) or a foreign rule unable to leak.
+One filter chain on postrouting at priority 90: source NAT runs at 99/100, so it still sees
+the original source, and it sees forwarded `sources` as well as the host's own packets.
+
+    set confine_src4 { type ipv4_addr; flags interval }                 # alias, tunnel address, source subnet ...
+    set confine_out4 { type ipv4_addr . ifname; flags interval }        # ... leaves only through its tunnel,
+    set confine_to4 { type ipv4_addr . ipv4_addr; flags interval }      # ... or to its own subnet and `lan`
+    set direct4 { type ipv4_addr; flags interval }                      # the default VPN's LAN (main's routes)
+    (the same for IPv6)
+    chain backstop { type filter hook postrouting priority 90;
+        oifname "lo" accept
+        <link scope: multicast, link-local, ND/MLD> accept
+        ip saddr . oifname @confine_out4 accept
+        ip saddr . ip daddr @confine_to4 accept
+        ip saddr @confine_src4 drop
+        jump killswitch }
+    chain client_names { type route hook output priority -151;   # the VPN servers' names (KillSwitch.names)
+        udp dport 53 @th,160,128 <vpn.example.com on the wire> meta mark set meta mark | 0x20000000 }
+    chain killswitch {                   # empty unless the default VPN is on with strict (KillSwitch)
+        oifname "vpn0" accept            # its tunnel
+        meta mark & 0x20000000 != 0 accept   # CLIENT_MARK: the VPN clients' own packets
+        ct mark & 0x10000000 != 0 accept     # REPLY_MARK: replies of connections from outside
+        <DHCP, DHCPv6> accept
+        meta l4proto { tcp, udp } th dport 53 drop   # DNS only through the tunnel (the redirect)
+        ip daddr @direct4 accept
+        drop }
+
+Entries are NamedTuples like plan's; nat.py stores them (`elements`) and reads them back (`entries`).
+"""
+
+import ipaddress
+from typing import NamedTuple
+
+# The VPN clients' own packets (WireGuard FwMark, OpenVPN --mark): rule CLIENT_PRIORITY sends them
+# to main and the kill switch lets them out, whatever the server address.
+CLIENT_MARK = 0x20000000
+CLIENT_PRIORITY = 31990
+# conntrack and packet mark of replies of connections that arrived from outside (plan.ReplyMark)
+REPLY_MARK = 0x10000000
+PRIORITY = 90
+CHAIN, KILLSWITCH, CLIENT_NAMES = "backstop", "killswitch", "client_names"
+# before the DNS redirect's marking (mangle, -150): a server name query keeps only the clients' mark
+CLIENT_NAMES_PRIORITY = -151
+PROTO = {4: "ip", 6: "ip6"}
+ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
+
+
+def _typed(cls):
+    """Equal only to its own kind: as plain tuples KillSwitch("vpn0") would equal plan.ReplyMark("vpn0")
+    and Confine(4, a, dev) a Guard(4, a, dev), and a set would keep one of each pair."""
+    cls.__eq__ = lambda self, other: type(self) is type(other) and tuple.__eq__(self, other)
+    cls.__ne__ = lambda self, other: not self == other
+    cls.__hash__ = lambda self: hash((cls.__name__, *self))
+    return cls
+
+
+@_typed
+class Confine(NamedTuple):
+    """With strict: packets from SOURCE (an alias, the tunnel address or a source subnet) leave
+    only through DEVICE, its tunnel (or to the destinations of its Reach entries)."""
+
+    family: int
+    source: str
+    device: str
+
+    def __str__(self):
+        return f"backstop: {self.source} leaves only through {self.device}"
+
+
+@_typed
+class Reach(NamedTuple):
+    """A source subnet of DEVICE's tunnel may reach DST on any device: its own subnet (the host
+    talking to its containers) and the configured `lan` exceptions."""
+
+    family: int
+    source: str
+    dst: str
+    device: str
+
+    def __str__(self):
+        return f"backstop: {self.source} may reach {self.dst} directly"
+
+
+@_typed
+class KillSwitch(NamedTuple):
+    """The default VPN's kill switch: nothing leaves through a device other than DEVICE but the
+    VPN clients' marked packets, replies, DHCP and the Direct destinations. A DNS query for one
+    of NAMES (the VPN servers' host names) is the clients' too: it gets CLIENT_MARK on its way
+    out (chain client_names), so a client that resolves its server at boot is not cut off."""
+
+    device: str
+    names: tuple = ()
+
+    def __str__(self):
+        names = f"; DNS queries for {', '.join(self.names)} leave as the clients'" if self.names else ""
+        return f"kill switch: nothing leaves but through {self.device} (clients' mark, replies, DHCP, the LAN){names}"
+
+
+@_typed
+class Direct(NamedTuple):
+    """A destination the default VPN leaves direct (what rule 32000 keeps in main)."""
+
+    family: int
+    dst: str
+
+    def __str__(self):
+        return f"kill switch: {self.dst} stays direct"
+
+
+def confine(tunnel, locals_=()):
+    """The backstop entries of a strict *tunnel*: its aliases, its tunnel addresses *locals_*
+    (while up) and its source subnets, each confined to the tunnel."""
+    if not tunnel.strict:
+        return set()
+    dev = tunnel.device
+    hosts = [a for a in (tunnel.alias, tunnel.alias6, *locals_) if a is not None]
+    out = {Confine(a.version, str(a), dev) for a in hosts}
+    for net in tunnel.sources:
+        out.add(Confine(net.version, _text(net), dev))
+        reached = (net, *(lan for lan in tunnel.lan if lan.version == net.version))
+        out.update(Reach(net.version, _text(net), _text(dst), dev) for dst in reached)
+    return out
+
+
+def _text(net):
+    """A network as nft lists it back from an interval set: a host as a plain address."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def killswitch(tunnel, routes):
+    """The kill switch of default *tunnel* (strict only), leaving the main table's non-default
+    *routes* (networks) direct, as rule 32000 does."""
+    if not tunnel.strict:
+        return set()
+    nets = [n for n in routes if n.prefixlen]
+    collapsed = {v: ipaddress.collapse_addresses(m for m in nets if m.version == v) for v in (4, 6)}
+    direct = {Direct(v, _text(n)) for v, ns in collapsed.items() for n in ns}
+    return {KillSwitch(tunnel.device, tuple(sorted(tunnel.server_names)))} | direct
+
+
+# -- nft -------------------------------------------------------------------------------------
+
+def sets():
+    """name -> (key type, flags) of the backstop's sets."""
+    out = {}
+    for fam in (4, 6):
+        out[f"confine_src{fam}"] = (ADDR[fam], ["interval"])
+        out[f"confine_out{fam}"] = ([ADDR[fam], "ifname"], ["interval"])
+        out[f"confine_to{fam}"] = ([ADDR[fam], ADDR[fam]], ["interval"])
+        out[f"direct{fam}"] = (ADDR[fam], ["interval"])
+    return out
+
+
+def _payload(protocol, field):
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _is(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _nets(*nets):
+    return {"set": [_key(n) for n in nets]}
+
+
+def _key(net):
+    """An interval-set key: a plain address for a host, {"prefix": ...} for a subnet."""
+    n = ipaddress.ip_network(net)
+    if n.prefixlen == n.max_prefixlen:
+        return str(n.network_address)
+    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+
+
+def _net(key):
+    """The inverse of _key, for what nft lists."""
+    return f"{key['prefix']['addr']}/{key['prefix']['len']}" if isinstance(key, dict) else key
+
+
+_OIF = {"meta": {"key": "oifname"}}
+# in type order, as nft lists them
+_ND = ["mld-listener-query", "mld-listener-report", "mld-listener-done", "nd-router-solicit", "nd-router-advert",
+       "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect", "mld2-listener-report"]
+
+
+def _marked(key, mark):
+    return _is({"&": [key, mark]}, 0, "!=")
+
+
+def chain_rules():
+    """The backstop chain's rules (fixed: what varies lives in the sets and the kill switch chain)."""
+    rules = [
+        [_is(_OIF, "lo"), {"accept": None}],
+        # link scope never leaves the link: neighbour discovery, MLD, link-local, multicast, broadcast
+        [_is(_payload("ip", "daddr"), _nets("224.0.0.0/4", "255.255.255.255/32")), {"accept": None}],
+        [_is(_payload("ip6", "daddr"), _nets("fe80::/10", "ff00::/8")), {"accept": None}],
+        [_is(_payload("icmpv6", "type"), {"set": _ND}), {"accept": None}],
+    ]
+    for fam in (4, 6):
+        saddr, daddr = _payload(PROTO[fam], "saddr"), _payload(PROTO[fam], "daddr")
+        rules += [
+            [_is({"concat": [saddr, _OIF]}, f"@confine_out{fam}"), {"accept": None}],
+            [_is({"concat": [saddr, daddr]}, f"@confine_to{fam}"), {"accept": None}],
+            [_is(saddr, f"@confine_src{fam}"), {"drop": None}],
+        ]
+    return rules + [[{"jump": {"target": KILLSWITCH}}]]
+
+
+def killswitch_rules(device):
+    ct, meta = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
+    def udp(sport, dport):
+        return [_is(_payload("udp", "sport"), sport), _is(_payload("udp", "dport"), dport), {"accept": None}]
+
+    return [
+        [_is(_OIF, device), {"accept": None}],
+        [_marked(meta, CLIENT_MARK), {"accept": None}],
+        [_marked(ct, REPLY_MARK), {"accept": None}],
+        udp(68, 67),
+        udp(546, 547),
+        # DNS goes to the tunnel's resolvers (the default VPN's DNS redirect), never in the clear
+        [_is({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]}),
+         _is({"payload": {"protocol": "th", "field": "dport"}}, 53), {"drop": None}],
+        [_is(_payload("ip", "daddr"), "@direct4"), {"accept": None}],
+        [_is(_payload("ip6", "daddr"), "@direct6"), {"accept": None}],
+        [{"drop": None}],
+    ]
+
+
+# The query's name on the wire starts after the UDP header (8 bytes) and the DNS header (12).
+QNAME_OFFSET = 160
+_MARK = {"meta": {"key": "mark"}}
+
+
+def name_rule(name):
+    """`udp dport 53 @th,160,128 ... meta mark set meta mark | CLIENT_MARK comment NAME`: a query
+    for exactly NAME (its wire form ends with the root label, so no longer name matches). The name
+    is compared in 16-byte pieces, the most nft compares at once, written as nft lists them."""
+    wire = b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
+    expr = [_is(_payload("udp", "dport"), 53)]
+    for at in range(0, len(wire), 16):
+        piece = wire[at:at + 16]
+        value = int.from_bytes(piece, "big")
+        expr.append(_is({"payload": {"base": "th", "offset": QNAME_OFFSET + 8 * at, "len": 8 * len(piece)}},
+                        f"{value:#x}" if len(piece) > 8 else value))
+    return expr + [{"mangle": {"key": _MARK, "value": {"|": [_MARK, CLIENT_MARK]}}}]
+
+
+def killswitch_chains(entry):
+    """chain name -> rules, for the kill switch chain and the server names' route chain."""
+    return {KILLSWITCH: killswitch_rules(entry.device), CLIENT_NAMES: [name_rule(n) for n in entry.names]}
+
+
+def killswitch_from(rules, comments):
+    """The KillSwitch that the kill switch chain's and the names chain's *rules* stand for, or None.
+    *comments*: the names chain's rule comments (each rule names its server)."""
+    if not rules[KILLSWITCH]:
+        return None
+    first = rules[KILLSWITCH][0][0].get("match", {})
+    device = first.get("right") if first.get("left") == _OIF else None
+    entry = KillSwitch(device, tuple(comments)) if isinstance(device, str) else None
+    held = {n: rules.get(n, []) for n in (KILLSWITCH, CLIENT_NAMES)}
+    return entry if entry and held == killswitch_chains(entry) else None
+
+
+def elements(entry):
+    """The (set name, element) pairs that stand for one Confine, Reach or Direct."""
+    if isinstance(entry, Confine):
+        return [(f"confine_src{entry.family}", _key(entry.source)),
+                (f"confine_out{entry.family}", {"concat": [_key(entry.source), entry.device]})]
+    if isinstance(entry, Reach):
+        return [(f"confine_to{entry.family}", {"concat": [_key(entry.source), _key(entry.dst)]})]
+    return [(f"direct{entry.family}", _key(entry.dst))]
+
+
+def entries(contents):
+    """Confine, Reach and Direct entries from the sets' *contents* (name -> listed elements).
+    A Reach names the device its source is confined to; a half-present Confine counts as absent."""
+    out = set()
+    for fam in (4, 6):
+        sources = {_net(e) for e in contents.get(f"confine_src{fam}", [])}
+        device = {}
+        for elem in contents.get(f"confine_out{fam}", []):
+            source, dev = elem["concat"]
+            device[_net(source)] = dev
+            if _net(source) in sources:
+                out.add(Confine(fam, _net(source), dev))
+        for elem in contents.get(f"confine_to{fam}", []):
+            source, dst = (_net(k) for k in elem["concat"])
+            if source in device:
+                out.add(Reach(fam, source, dst, device[source]))
+        out.update(Direct(fam, _net(e)) for e in contents.get(f"direct{fam}", []))
+    return out
