@@ -14,7 +14,7 @@ HOOKS       := up down wg-up wg-down
 # clients the lab drives, and the tools tests use to look at packets.
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
-                util-linux git make
+                util-linux mount git make
 
 .PHONY: dev deps test unit kernel lab demo bench install uninstall clean
 
@@ -28,10 +28,11 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# --system-site-packages: python3-nftables is visible only that way.
+# --system-site-packages: python3-nftables is visible only that way. --upgrade: the venv tests
+# the current pyroute2 and filelock releases even where Debian's (which the .deb uses) are installed.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade -e '.[test]' pyroute2 filelock
 	touch $@
 
 # Unit tests (parsers, planner) need no root and run first; kernel and lab tests
