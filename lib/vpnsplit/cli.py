@@ -56,10 +56,10 @@ def _parser():
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
     de = sub.add_parser("default", help="send all of the host's internet traffic through one tunnel (or --off)")
-    which = de.add_mutually_exclusive_group()
-    which.add_argument("name", nargs="?", metavar="NAME",
-                       help="the tunnel to use as the host's default route (default: the section with default = true; lowest id wins)")
-    which.add_argument("--off", action="store_true", help="give the host its own default route back")
+    de.add_argument("name", nargs="?", metavar="NAME",
+                    help="the tunnel to use as the host's default route (default: the section with default = true; "
+                         "lowest id wins); with --off: only if NAME is the default VPN")
+    de.add_argument("--off", action="store_true", help="give the host its own default route back")
     ex = sub.add_parser("explain", help="where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
     ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
@@ -72,6 +72,8 @@ def cmd_default(args, cfg):
     Without NAME, the config's `default = true` chooses."""
     if args.off:
         tunnel = None
+        if args.name:
+            cfg.tunnel(args.name, "vpnsplit default --off")  # an unknown NAME is bad input
     elif args.name:
         tunnel = cfg.tunnel(args.name, "vpnsplit default")
     else:
@@ -94,6 +96,12 @@ def cmd_default(args, cfg):
         # the choice first: a run killed after it leaves drift `check` reports and a re-run
         # mends; killed before, the old choice's next hook would quietly undo this command
         previous = statedir.default_choice()
+        current = engine.default_tunnel(statedir, cfg.tunnels)
+        if args.off and args.name and (current is None or current.name != args.name):
+            # `systemctl stop vpnsplit-default@NAME` after another tunnel became the default
+            log.info("default --off %s: the default VPN is %s, not %s: nothing changed",
+                     args.name, current.name if current else "off", args.name)
+            return
         statedir.choose_default("" if tunnel is None else tunnel.name)
         try:
             changes = engine.converge(kernel, statedir, targets, default)

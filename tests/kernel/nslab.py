@@ -85,6 +85,17 @@ print(json.dumps({p[len("/proc/sys/net/"):].replace("/conf/", "/"): open(p).read
 """
 
 
+def _iproute_in(netns):
+    """IPRoute inside *netns* (flags=0: never create it); pyroute2 0.7.2 (Debian 12) has no
+    IPRoute(netns=) and opens it with NetNS."""
+    try:
+        return IPRoute(netns=netns, flags=0)
+    except TypeError:
+        from pyroute2 import NetNS
+
+        return NetNS(netns, flags=0)
+
+
 def run(argv, check=False, env=None, timeout=60, input=None):
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout, input=input, check=check)
 
@@ -157,7 +168,7 @@ class NetnsLab:
     # -- reading the kernel ----------------------------------------------------------------
     def dump(self):
         """Everything the namespace's kernel holds, normalised for comparison."""
-        with IPRoute(netns=self.name, flags=0) as ipr:
+        with _iproute_in(self.name) as ipr:
             names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
             rules, routes, addrs = [], [], []
             for fam in (socket.AF_INET, socket.AF_INET6):
