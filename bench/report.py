@@ -198,6 +198,18 @@ def render(r):
     elif p:
         out += _failed("## 5. Packet path", p)
 
+    out += _simple_part("## 6. Debian's pyroute2 and filelock (the .deb) next to the current releases",
+                        r.get("6_debian"), lambda v: f"{v:.2f}", lambda d: [
+        *([f"Measured apart from the run above: {d['measured_apart']['date']}, load average "
+           f"{d['measured_apart']['machine']['loadavg']}, code {d['measured_apart']['git']['head']}.", ""]
+          if "measured_apart" in d else []),
+        "The hook's cold first apply as in part 1, run by the venv's Python (current PyPI releases) and by "
+        "/usr/bin/python3 with Debian's python3-pyroute2 and python3-filelock (what the package runs), both with "
+        "the checkout's lib/vpnsplit, each next to its own import floor, interleaved. Versions: "
+        + "; ".join(f"{k}: Python {v['python']}, pyroute2 {v['pyroute2']}, filelock {v['filelock']}"
+                    for k, v in d["versions"].items()) + ".",
+        "", "CPU time (user+system of the process):", "", _table(d["cpu"], unit="CPU ms")])
+
     if r.get("notes"):
         out += ["## Notes", ""] + [f"* {n}" for n in r["notes"]] + [""]
     return "\n".join(out)
