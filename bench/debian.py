@@ -19,7 +19,8 @@ VERSIONS = ("import sys, importlib.metadata as m; print(m.version('pyroute2'), m
 def _versions(ns, py):
     p = ns.call([py, "-I", "-c", VERSIONS], env={}, check=False)
     if p.returncode != 0:
-        raise RuntimeError(f"{py}: pyroute2 or filelock missing ({p.stderr.strip()[-200:]}): apt install python3-pyroute2 python3-filelock")
+        raise RuntimeError(f"{py}: pyroute2 or filelock missing ({p.stderr.strip()[-200:]}): "
+                           "apt install python3-pyroute2 python3-filelock")
     pyroute2, filelock, python, where = p.stdout.split()
     return {"pyroute2": pyroute2, "filelock": filelock, "python": python, "site": where}
 
@@ -41,22 +42,13 @@ def run(runs=20, budget=120):
         samples = interleave(cmds, runs, budget=budget)
     finally:
         ns.close()
-    res = {c.label: stats(samples[c.label]) for c in cmds}
-    cpu = {c.label: stats(c.cpu) for c in cmds}
-    cur_hook, cur_floor, deb_hook, deb_floor = (res[c.label]["median"] for c in cmds)
-    ccur_hook, ccur_floor, cdeb_hook, cdeb_floor = (cpu[c.label]["median"] for c in cmds)
-    return {
-        "versions": versions,
-        "contenders": res,
-        "cpu": cpu,
-        "commands": {c.label: c.command() for c in cmds},
-        "derived": {
-            "first apply, Debian's / current": deb_hook / cur_hook,
-            "first apply CPU, Debian's / current": cdeb_hook / ccur_hook,
-            "floor, Debian's / current": deb_floor / cur_floor,
-            "ms above the floor, current": cur_hook - cur_floor,
-            "ms above the floor, Debian's": deb_hook - deb_floor,
-            "CPU ms above the floor, current": ccur_hook - ccur_floor,
-            "CPU ms above the floor, Debian's": cdeb_hook - cdeb_floor,
-        },
-    }
+    wall, cpu = ({c.label: stats(v(c)) for c in cmds} for v in (lambda c: samples[c.label], lambda c: c.cpu))
+    derived = {}
+    for unit, table in (("", wall), ("CPU ", cpu)):
+        cur_hook, cur_floor, deb_hook, deb_floor = (table[c.label]["median"] for c in cmds)
+        derived |= {f"first apply {unit}Debian's / current": deb_hook / cur_hook,
+                    f"floor {unit}Debian's / current": deb_floor / cur_floor,
+                    f"{unit}ms above the floor, current": cur_hook - cur_floor,
+                    f"{unit}ms above the floor, Debian's": deb_hook - deb_floor}
+    return {"versions": versions, "contenders": wall, "cpu": cpu, "derived": derived,
+            "commands": {c.label: c.command() for c in cmds}}

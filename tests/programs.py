@@ -59,8 +59,7 @@ def heads(argv):
             while rest and isinstance(rest[0], str) and rest[0].startswith("-"):
                 rest = rest[2:] if rest[0] in _UNSHARE_VALUED else rest[1:]
             argv = rest
-        elif name in ("sh", "dash", "bash") and len(rest) >= 2 and isinstance(rest[0], str) and rest[0].startswith("-") \
-                and "c" in rest[0]:
+        elif name in ("sh", "dash", "bash") and len(rest) >= 2 and str(rest[0]).startswith("-") and "c" in rest[0]:
             if isinstance(rest[1], str):
                 out += script_heads(rest[1])
             argv = []

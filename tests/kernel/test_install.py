@@ -15,7 +15,8 @@ UNITS = ("vpnsplit.service", "vpnsplit-watch.service", "vpnsplit-default@provide
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
     dest = tmp_path_factory.mktemp("stage") / "root"
-    proc = subprocess.run(["make", "-C", str(REPO), "install", f"DESTDIR={dest}"], capture_output=True, text=True, timeout=600)
+    argv = ["make", "-C", str(REPO), "install", f"DESTDIR={dest}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return dest
 
@@ -44,9 +45,9 @@ def test_make_install_hooks_work_from_the_install_dir(ns, staged):
 def test_systemd_verify_accepts_the_installed_units(staged, unit):
     """Offline, on the staged tree plus this system's targets (verify resolves sysinit.target
     etc. under --root): any message, a warning included, fails."""
-    units = staged / "lib/systemd/system"
+    units = staged / "usr/lib/systemd/system"
     for target in glob.glob("/lib/systemd/system/*.target"):
         shutil.copy(target, units)
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={staged}", "--man=no", f"/lib/systemd/system/{unit}"],
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={staged}", "--man=no", f"/usr/lib/systemd/system/{unit}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc.stdout + proc.stderr

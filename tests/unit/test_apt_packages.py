@@ -22,7 +22,7 @@ def test_each_spawned_program_comes_from_a_package_make_dev_installs(prog):
     owner = programs.owner(path)
     assert owner, f"{path} (spawned in {where}) belongs to no Debian package (dpkg -S)"
     why = programs.provided_by_install(programs.apt_packages())
-    assert owner in why, f"{path} (spawned in {where}) comes from {owner}, which the Makefile's APT_PACKAGES do not install"
+    assert owner in why, f"{path} (spawned in {where}) comes from {owner}, which APT_PACKAGES do not install"
 
 
 def test_every_apt_get_install_skips_recommends():
