@@ -18,8 +18,9 @@ UNITS       := systemd/vpnsplit.service systemd/vpnsplit-watch.service systemd/v
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
                 util-linux mount git make systemd
-# what `make deb` builds with
+# what `make deb` builds with, and what `make fresh` builds and boots root file systems with
 BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+FRESH_PACKAGES := mmdebstrap systemd-container
 
 .PHONY: dev deps test unit kernel lab demo bench install uninstall clean deb fresh
 
@@ -82,8 +83,9 @@ deb:
 	@ls vpnsplit_*.deb
 
 # The README's two commands on bare Debian 12 and 13 root file systems, then the .deb
-# installed, driven by real VPN clients, purged (.ci/fresh; RELEASES="bookworm" for one).
+# installed, driven by real VPN clients, the units booted, purged (.ci/fresh; RELEASES=bookworm for one).
 fresh:
+	$(call apt_install,$(FRESH_PACKAGES))
 	.ci/fresh
 
 install:

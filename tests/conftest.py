@@ -3,14 +3,29 @@ install-hygiene guard (tests/unit/test_apt_packages.py) checks the packages of a
 
 import os
 import sys
+import sysconfig
 
 from tests import programs
 
 _spawned = {}
 
 
+def _from_our_code():
+    """True when the tests or the bench spawn it, not a library (pyroute2 0.7's import runs
+    `uname -p` through the platform module, which does without it): the first frame outside
+    the standard library decides."""
+    frame = sys._getframe(2)
+    while frame and (frame.f_code.co_filename.startswith((_STDLIB, "<")) or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return bool(frame) and frame.f_code.co_filename.startswith(_OURS)
+
+
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
+_OURS = tuple(str(programs.REPO / top) + os.sep for top in programs.SOURCES)
+
+
 def _record(event, args):
-    if event == "subprocess.Popen":
+    if event == "subprocess.Popen" and _from_our_code():
         argv = [os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else a for a in args[1]] \
             if isinstance(args[1], (list, tuple)) else [os.fsdecode(args[1])]
         for prog in programs.heads(argv):
