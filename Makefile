@@ -72,7 +72,8 @@ bench: dev
 # The Debian package (debian/): built from a copy of the checkout's files (git ls-files; without
 # git, all but the venv and build products) in build/deb,
 # with Debian's python3-pyroute2/-filelock/-nftables as dependencies and Debian's Python
-# (PATH: not a pyenv or venv one); vpnsplit_*.deb lands here.
+# (PATH: not a pyenv or venv one); -d: BUILD_PACKAGES are the build dependencies, no compiler
+# (build-essential) needed; vpnsplit_*.deb lands here.
 deb:
 	$(call apt_install,$(BUILD_PACKAGES))
 	rm -rf build/deb && mkdir -p build/deb/vpnsplit
@@ -80,7 +81,7 @@ deb:
 	  find . \( -name .git -o -name .venv -o -name build -o -name __pycache__ -o -name .pytest_cache \
 		-o -name .hypothesis -o -name '*.deb' \) -prune -o ! -type d -print0; } | \
 		tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C build/deb/vpnsplit
-	cd build/deb/vpnsplit && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-sign -j1 >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
+	cd build/deb/vpnsplit && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -d -us -uc --no-sign -j1 >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
 	mv build/deb/vpnsplit_*.deb .
 	rm -rf build/deb  # (kept on failure: build/deb/build.log)
 	@ls vpnsplit_*.deb
