@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from bench import backstop, cold, core, dnslat, many, packet, report, watch
+from bench import backstop, cold, core, debian, dnslat, many, packet, report, watch
 
 RESULTS = core.REPO / "bench/results.json"
 MARKDOWN = core.REPO / "BENCHMARKS.md"
@@ -125,7 +125,7 @@ def goals(r):
 def main():
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the harness)")
-    ap.add_argument("--only", default="1,3,4,5,6,7,8",
+    ap.add_argument("--only", default="1,3,4,5,6,7,8,9",
                     help="which parts (2 is measured with 1), e.g. 1,4; the others keep their figures from bench/results.json")
     ap.add_argument("--no-write", action="store_true", help="print the results; write neither results.json nor BENCHMARKS.md")
     ap.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/results.json")
@@ -150,6 +150,7 @@ def main():
         "7_dns": lambda: dnslat.run(queries=200 if q else 1000, budget=60 if q else 300),
         "8_backstop": lambda: backstop.run(runs=2 if q else 7, conn_runs=2 if q else 11, seconds=2 if q else 3,
                                            conn_seconds=0.5 if q else 1, budget=40 if q else 200),
+        "9_debian": lambda: debian.run(runs=4 if q else 20, budget=30 if q else 120),
     }
     wanted = {p.strip() for p in args.only.split(",")}
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": q,

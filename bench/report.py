@@ -75,8 +75,20 @@ def _dns(d):
 
 
 PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns}
+
+
+def _debian(d):
+    versions = "; ".join(f"{k}: Python {v['python']}, pyroute2 {v['pyroute2']}, filelock {v['filelock']}"
+                         for k, v in d["versions"].items())
+    return ["## 9. Debian's pyroute2 and filelock (the .deb) next to the current releases", "",
+            "The hook's cold first apply as in part 1, run by the venv's Python (current PyPI releases) and by "
+            "/usr/bin/python3 with Debian's python3-pyroute2 and python3-filelock (what the package runs), both with "
+            f"the checkout's lib/vpnsplit, each next to its own import floor, interleaved. Versions: {versions}.", "",
+            "CPU time (user+system of the process):", "", table(d["cpu"], unit="CPU ms"), ""]
+
+
 # parts that render their own section (lines), after the template's
-SECTIONS = {"6_watch": watch.render}
+SECTIONS = {"6_watch": watch.render, "9_debian": _debian}
 
 
 def _header(r):

@@ -64,10 +64,10 @@ def _parser():
         s.add_argument("name", nargs="?", metavar="NAME", help="one tunnel (default: all)")
         s.add_argument("--json", action="store_true", help="machine-readable output")
     de = command("default", "send all of the host's internet traffic through one tunnel (or --off)")
-    which = de.add_mutually_exclusive_group()
-    which.add_argument("name", nargs="?", metavar="NAME",
-                       help="the tunnel to use as the host's default route (default: the section with default = true; lowest id wins)")
-    which.add_argument("--off", action="store_true", help="give the host its own default route back")
+    de.add_argument("name", nargs="?", metavar="NAME",
+                    help="the tunnel to use as the host's default route (default: the section with default = true; "
+                         "lowest id wins); with --off: only if NAME is the default VPN")
+    de.add_argument("--off", action="store_true", help="give the host its own default route back")
     from vpnsplit import watch
 
     watch.add_arguments(command("watch", watch.SUMMARY))
@@ -95,8 +95,16 @@ def _tunnels(n):
 def cmd_default(args, cfg):
     """Choose (or drop) the host-wide default VPN; recorded so the tunnel's hooks keep it current.
     Without NAME, the config's `default = true` chooses."""
+    if args.off and args.name:
+        cfg.tunnel(args.name)  # an unknown NAME is bad input
     tunnel = None if args.off else default_vpn.named(cfg, args.name)
     with runner.session() as (kernel, statedir):
+        current = default_vpn.chosen(statedir, cfg.tunnels)
+        if args.off and args.name and (current is None or current.name != args.name):
+            # `systemctl stop vpnsplit-default@NAME` after another tunnel became the default
+            log.info("default --off %s: the default VPN is %s, not %s: nothing changed",
+                     args.name, current.name if current else "off", args.name)
+            return
         changes = default_vpn.choose(kernel, statedir, tunnel, cfg.tunnels)
     what = "off: the host uses its own default route" if tunnel is None else f"all internet traffic goes through tunnel {tunnel.name}"
     log.info("default %s (%s)", what, f"{len(changes)} change(s)" if changes else "already in place")

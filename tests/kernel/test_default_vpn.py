@@ -116,6 +116,23 @@ def test_default_without_name_applies_the_configured_choice(world):
     assert received(far, "192.0.2.80", 5003, ns) == ("sent", "10.8.0.2 hello")
 
 
+def test_off_with_a_name_lifts_only_that_tunnels_default(world):
+    """`systemctl stop vpnsplit-default@NAME` runs `default --off NAME`: after another tunnel
+    became the default it must leave that one's kill switch alone."""
+    ns, ctr, far, isp = world
+    ns.write_config('[tunnel.b]\ndevice = "tun9"\nid = 2\n' + CONFIG)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.vpnsplit("default", "b").returncode == 0  # b (not connected): a kill switch
+    before = ns.dump()
+    proc = ns.vpnsplit("default", "--off", "vpn")
+    assert proc.returncode == 0 and "the default VPN is b, not vpn: nothing changed" in proc.stderr, proc.stderr
+    assert ns.dump() == before
+    assert ns.vpnsplit("default", "--off", "nosuch").returncode == 2
+    proc = ns.vpnsplit("default", "--off", "b")
+    assert proc.returncode == 0, proc.stderr
+    assert not [r for r in ns.rules() if r[0] in range(32000, 32004)]
+
+
 def test_server_exception_learnt_at_up_stays_while_the_tunnel_is_down(world):
     """OpenVPN reconnects without persist-tun: down, handshake with the server, up. The
     handshake must pass the kill switch, so the trusted_ip exception outlives down."""

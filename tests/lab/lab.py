@@ -26,6 +26,8 @@ CONFIGS = os.path.join(REPO, "configs")
 VPNSPLIT = os.path.join(REPO, ".venv", "bin", "vpnsplit")
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
 PROBE_PORT = 7000
+# The Debian package's paths; with them the hooks use its config and state directory.
+INSTALLED = {"hooks": "/usr/lib/vpnsplit", "vpnsplit": "/usr/sbin/vpnsplit"}
 
 
 def toml(tunnels):
@@ -41,9 +43,13 @@ def toml(tunnels):
 
 
 class Lab(Network):
-    def __init__(self, pki_dir):
+    def __init__(self, pki_dir, installed=False):
+        """*installed*: drive the installed package (INSTALLED, /etc/vpnsplit/vpnsplit.toml,
+        /run/vpnsplit) instead of the checkout's hooks with the lab's own config and state."""
         super().__init__()
         self.pki_dir = pki_dir
+        self.installed = installed
+        self.hooks, self.vpnsplit_cmd = (INSTALLED["hooks"], INSTALLED["vpnsplit"]) if installed else (HOOKS, VPNSPLIT)
         self.dir = None
         self.servers, self.clients, self.wgs, self.listeners = [], [], [], []
 
@@ -87,6 +93,8 @@ class Lab(Network):
     @property
     def hook_env(self):
         """What wg-quick passes through to its hooks (OpenVPN gets the same via --setenv)."""
+        if self.installed:
+            return {}
         return {"VPNSPLIT_CONFIG": self.vpnsplit_config, "VPNSPLIT_STATE_DIR": self.state_dir}
 
     def write_vpnsplit_config(self, **tunnels):
@@ -95,7 +103,8 @@ class Lab(Network):
 
     def vpnsplit(self, *args, check=True):
         """Run the vpnsplit CLI inside the host namespace with the lab's config and state."""
-        return run(self.argv("host", ["env", *(f"{k}={v}" for k, v in self.hook_env.items()), VPNSPLIT, *args]),
+        env = [f"{k}={v}" for k, v in self.hook_env.items()]
+        return run(self.argv("host", ["env", *env, self.vpnsplit_cmd, *args]),
                    check=check)
 
     # -- OpenVPN --------------------------------------------------------------------------
@@ -117,7 +126,7 @@ class Lab(Network):
 
     def openvpn_client(self, example="client.conf", options=(), **start):
         """Start configs/openvpn/EXAMPLE in `host`, wired to the lab's vpnsplit config."""
-        text = openvpn.client_config(os.path.join(CONFIGS, "openvpn", example), HOOKS)
+        text = openvpn.client_config(os.path.join(CONFIGS, "openvpn", example), self.hooks)
         conf = self.write(f"client-{len(self.clients)}.conf", text)
         setenv = [w for k, v in self.hook_env.items() for w in ("--setenv", k, v)]
         client = openvpn.OpenVPN(self, "host", f"client-{len(self.clients)}", conf, self.pki_dir,
@@ -134,7 +143,7 @@ class Lab(Network):
         client_name, server_name = wireguard.interface_names(tag)
         c_priv, c_pub = wireguard.keypair()
         s_priv, s_pub = wireguard.keypair()
-        text = wireguard.client_config(os.path.join(CONFIGS, "wireguard", example), HOOKS, c_priv, s_pub)
+        text = wireguard.client_config(os.path.join(CONFIGS, "wireguard", example), self.hooks, c_priv, s_pub)
         client = wireguard.WgQuick(self, "host", self.write(f"{client_name}.conf", text, 0o600), self.hook_env)
         server_text = wireguard.server_config(s_priv, c_pub, wireguard.addresses_in(text))
         server = wireguard.WgQuick(self, "vpn", self.write(f"{server_name}.conf", server_text, 0o600))
