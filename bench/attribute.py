@@ -33,13 +33,13 @@ def on_gc(phase, info):  # collections are part of what a phase costs: count the
 gc.callbacks.append(on_gc)
 
 for mod in ("vpnsplit.errors", "vpnsplit.plan", "vpnsplit.lease", "vpnsplit.engine", "vpnsplit.addresses",
-            "vpnsplit.openvpn", "tomllib", "vpnsplit.config", "vpnsplit.state", "vpnsplit.runner", "vpnsplit.hooks"):
+            "vpnsplit.openvpn", "tomllib", "vpnsplit.config", "vpnsplit.lock", "vpnsplit.state", "vpnsplit.runner", "vpnsplit.hooks"):
     t = pc()
     importlib.import_module(mod)
     add(f"import {mod}", pc() - t)
 
 import logging
-from vpnsplit import engine, hooks, kernel, nat, netlink, openvpn, plan, runner, state, transaction
+from vpnsplit import engine, hooks, kernel, lock, nat, netlink, openvpn, plan, runner, state, transaction
 
 def wrap(owner, attr, label, per_call=False):
     f = getattr(owner, attr)
@@ -58,8 +58,8 @@ def wrap(owner, attr, label, per_call=False):
 
 for owner, attr, label, *per_call in [
     (openvpn, "parse", "openvpn.parse"), (runner, "load_config", "config: read + tomllib + checks"),
-    (netlink.Netlink, "connect", "pyroute2 IPRoute()"), (state.Lock, "__init__", "filelock.FileLock()"),
-    (state.Lock, "__enter__", "lock acquire"), (state.Lock, "__exit__", "lock release"),
+    (netlink.Netlink, "connect", "pyroute2 IPRoute()"), (lock.Lock, "__init__", "filelock.FileLock()"),
+    (lock.Lock, "__enter__", "lock acquire"), (lock.Lock, "__exit__", "lock release"),
     (plan, "plan_up", "plan.plan_up"), (netlink.Netlink, "main_routes", "main table dump (overlap check)"),
     (kernel.Kernel, "our_rules", "rule dump (nldump)"), (netlink.Netlink, "table_routes", "tunnel table dump (nldump)"),
     (netlink.Netlink, "addresses", "address dump (nldump)"), (nat.NatTable, "__init__", "libnftables context"),

@@ -23,6 +23,10 @@ class KernelError(VpnsplitError):
     exit_code = 1
 
 
+class StateError(VpnsplitError):
+    """The state directory cannot be used (read-only, full)."""
+
+
 class LockTimeout(VpnsplitError):
     """Another vpnsplit run held the lock too long. Nothing was changed."""
 

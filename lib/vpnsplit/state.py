@@ -10,19 +10,17 @@ directory: this runs as root in a directory others may reach.
 
 import datetime
 import json
-import logging
 import os
 import stat
-import time
 from typing import NamedTuple
 
 from vpnsplit import addresses
-from vpnsplit.errors import InputError, LockTimeout, VpnsplitError, shown
+from vpnsplit.errors import InputError, StateError, shown
 from vpnsplit.lease import Lease
+from vpnsplit.lock import Lock
 
 DEFAULT_DIR = "/run/vpnsplit"
 DEFAULT_LOCK_TIMEOUT = 30.0
-LOCK_WAIT_REPORTED = 1.0  # a wait at least this long (seconds) gets a log line
 # the fields of NAME.json listing the devices whose forwarding the tunnel switched on, by IP version, and
 # ("mark") whose src_valid_mark it switched on as the default VPN (sysctl.SWITCH)
 FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6", "mark": "src_valid_mark"}
@@ -31,10 +29,6 @@ NO_DEVICES = {v: frozenset() for v in FORWARDING_FIELDS}
 
 def dir_from(environ=os.environ):
     return environ.get("VPNSPLIT_STATE_DIR") or DEFAULT_DIR
-
-
-class StateError(VpnsplitError):
-    """The state directory cannot be used (read-only, full)."""
 
 
 # A record is a few hundred bytes; this bounds what a planted file can make us read.
@@ -261,50 +255,3 @@ def _unlink(path):
         pass
     except OSError as e:
         raise StateError(f"state file {shown(path)}: cannot remove: {e.strerror}") from None
-
-
-def _drop_planted(path):
-    """Remove a lock path that is not a regular file (a planted symlink, FIFO...).
-
-    Older filelock (Debian bookworm's 3.9) opens the lock with O_CREAT|O_TRUNC and follows
-    a symlink, so as root it would truncate the link's target; newer ones refuse it with
-    ELOOP and every run would fail. unlink never follows: the link goes, the target stays.
-    """
-    try:
-        if stat.S_ISREG(os.lstat(path).st_mode):
-            return
-        os.unlink(path)
-    except OSError:
-        pass  # absent (fine), or a directory: acquire() then names the problem
-
-
-class Lock:
-    """The lock file, held with filelock; *acquired*() runs once it is held."""
-
-    def __init__(self, path, timeout, acquired=lambda: None):
-        import filelock  # here: status and check take no lock
-
-        self.path, self.timeout, self.acquired = path, timeout, acquired
-        self._lock = filelock.FileLock(path, timeout=timeout)
-        self._timeout_exc = filelock.Timeout
-
-    def __enter__(self):
-        start = time.monotonic()
-        _drop_planted(self.path)
-        try:
-            self._lock.acquire()
-        except self._timeout_exc:
-            raise LockTimeout(
-                f"lock {shown(self.path)}: another vpnsplit run held it for more than {self.timeout:g}s; nothing was changed "
-                f"(set VPNSPLIT_LOCK_TIMEOUT to wait longer)"
-            ) from None
-        except OSError as e:
-            raise StateError(f"lock {shown(self.path)}: {e.strerror}") from None
-        waited = time.monotonic() - start
-        if waited >= LOCK_WAIT_REPORTED:
-            logging.getLogger("vpnsplit").info("waited %.1fs for the lock %s (another vpnsplit run held it)", waited, shown(self.path))
-        self.acquired()
-        return self
-
-    def __exit__(self, *exc):
-        self._lock.release()
