@@ -41,8 +41,18 @@ def _restored(ns, before, part=None):
 
 
 def _nft(items):
-    """nft objects in a comparable order (a table made again lists after older ones)."""
-    return sorted(json.dumps(i, sort_keys=True) for i in items)
+    """nft objects in a comparable order (a table made again lists after older ones, and an interval
+    set lists its elements in the order they were added)."""
+    def key(item):
+        return json.dumps(item, sort_keys=True)
+
+    def normal(item):
+        kind, body = next(iter(item.items()))
+        if isinstance(body, dict) and "elem" in body:
+            body = {**body, "elem": sorted(body["elem"], key=key)}
+        return key({kind: body})
+
+    return sorted(normal(i) for i in items)
 
 
 def _heal(ns, w, *change, part=None):
