@@ -27,6 +27,7 @@ NAMED_ELSEWHERE = {
     "mount": "tests/kernel/test_file_safety.py: run_on_tmpfs's script",
     "dd": "tests/kernel/test_file_safety.py: run_on_tmpfs's setup scripts",
     "touch": "tests/kernel/test_file_safety.py: run_on_tmpfs's setup scripts",
+    "date": "tests/lab/resolvers.py: the timing wrapper script around a lookup",
     "iptables": "tests/kernel/test_coexistence.py, test_backstop.py: the family's iptables-nft, chosen at run time",
     "ip6tables": "tests/kernel/test_coexistence.py, test_backstop.py: the family's iptables-nft, chosen at run time",
 }
@@ -80,6 +81,7 @@ def script_heads(script):
         if m := re.search(r"<<-?\s*['\"]?(\w+)", line):
             heredoc = m.group(1)
         line = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
+        line = re.sub(r"\$\(\(.*?\)\)", "", line)  # shell arithmetic runs no program
         for part in _SH_OPERATORS.split(line):
             try:
                 words = shlex.split(part)
