@@ -44,7 +44,7 @@ PRIORITY = 90
 CHAIN, KILLSWITCH, CLIENT_NAMES = "backstop", "killswitch", "client_names"
 # before the DNS redirect's marking (mangle, -150): a server name query keeps only the clients' mark
 CLIENT_NAMES_PRIORITY = -151
-PROTO = {4: "ip", 6: "ip6"}
+PROTO = {4: "ip", 6: "ip6"}  # nft's payload protocol of each IP version (nftkinds.NFPROTO)
 ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 

@@ -8,11 +8,12 @@ listing. nat.NatTable knows only kinds, so adding one is a class here (and its p
 
 from typing import NamedTuple
 
+# backstop.py is a leaf that plan imports, so nft's names of the IP versions live there, once
+from vpnsplit.backstop import ADDR
+from vpnsplit.backstop import PROTO as NFPROTO
 from vpnsplit.plan import REPLY_MARK, Dnat, Guard, ReplyMark, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
-NFPROTO = {4: "ip", 6: "ip6"}  # nft's payload protocol of each IP version
-ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
 # NAT at 99/-101: nat chains on one hook run in priority order and the first binding wins, so
 # vpnsplit's SNAT comes before a Docker-style MASQUERADE (iptables-nft, 100) whichever was loaded last.
