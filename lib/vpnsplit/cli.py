@@ -145,35 +145,63 @@ def cmd_up(args, cfg):
             lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=tunnel is chosen)
             targets.append((tunnel, lease))
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
-        changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()))
-    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
+        # --all: also the tunnels gone from the config, torn down from their records
+        gone = _gone(kernel, statedir, cfg) if args.all else []
+        changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()), gone=gone)
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config: removed)" if gone else "")
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
     if args.name and absent:
         log.warning("tunnel %s is not connected (no device %s): its down state is applied%s; the VPN client's "
                     "next connect brings it up", args.name, absent[0].device, " (strict: fail closed)" if absent[0].strict else "")
 
 
+def _gone(kernel, statedir, cfg):
+    """The tunnels whose section is gone but whose record is not, for `--all` to tear down; one
+    the default VPN still goes through is left (with a warning): the host's traffic would then
+    leave in the clear, or not at all."""
+    out = []
+    for name in engine.gone(statedir, cfg.tunnels):
+        table = engine.carrying_default(kernel, statedir, name)
+        if table is None:
+            out.append(name)
+        else:
+            log.warning("tunnel %s is gone from the config, but the default VPN still sends this host's traffic into its table %s: "
+                        "left in place; run 'vpnsplit default --off', then 'vpnsplit down %s'", name, table, name)
+    return out
+
+
 def cmd_down(args, cfg):
-    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
+    """One tunnel, or with --all every one (and those gone from the config whose record is left).
+    NAME may be a tunnel gone from the config: its record alone says what to remove."""
+    statedir = state.StateDir(state.dir_from())
+    if args.name and args.name not in cfg.tunnels and args.name not in statedir.names():
+        cfg.tunnel(args.name, more=f"and no record of it in {statedir.path}")  # bad input: names the known ones
+    tunnels = list(cfg.tunnels.values()) if args.all else [t for t in [cfg.tunnels.get(args.name)] if t]
     with runner.session() as (kernel, statedir):
         chosen = default_vpn.chosen(statedir, cfg.tunnels)
+        gone = _gone(kernel, statedir, cfg) if args.all else [args.name] if not tunnels else []
         changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None,
-                                  list(cfg.tunnels.values()))
-    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
+                                  list(cfg.tunnels.values()), gone=gone)
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config)" if gone else "")
+    what += " (gone from the config: removed what its record says vpnsplit applied)" if args.name and gone else ""
     log.info("%s down: %s", what, f"{len(changes)} change(s)" if changes else "nothing to remove")
 
 
 def _reports(args, cfg):
     """(per-tunnel reports, the default VPN's report or None); the latter only when every
     tunnel is asked for, or the one the default VPN goes through."""
-    names = [cfg.tunnel(args.name).name] if args.name else list(cfg.tunnels)
     statedir = state.StateDir(state.dir_from())
+    gone = engine.gone(statedir, cfg.tunnels)
+    if args.name and args.name not in gone:
+        cfg.tunnel(args.name)
+    names = [args.name] if args.name else list(cfg.tunnels) + gone
     kernel = Kernel()
     try:
         default = status.default_status(kernel, statedir, cfg.tunnels)
         if default and args.name and default["tunnel"] != args.name:
             default = None
-        return [status.status(kernel, statedir, cfg.tunnels[n]) for n in names], default
+        return [status.gone_status(kernel, statedir, n) if n in gone else status.status(kernel, statedir, cfg.tunnels[n])
+                for n in names], default
     finally:
         kernel.close()
 
@@ -189,7 +217,7 @@ def cmd_status(args, cfg):
         print()
     else:
         for r in reports:
-            print(status.describe(r))
+            print(status.describe_gone(r) if r["state"] == "gone" else status.describe(r))
         if default:
             print(status.describe_default(default))
         print(f"watcher: running (pid {watcher})" if watcher else "watcher: not running (see vpnsplit watch --help)")
@@ -201,6 +229,9 @@ def cmd_check(args, cfg):
     in_sync = all(r["in_sync"] for r in reports) and (default is None or default["in_sync"])
     if args.json:
         json.dump({"in_sync": in_sync, "tunnels": {r["tunnel"]: r["problems"] for r in reports},
+                   # what vpnsplit applied earlier and no longer wants, per tunnel; the tunnels whose section is gone
+                   "orphans": {r["tunnel"]: r["orphans"] for r in reports if r["orphans"]},
+                   "gone": [r["tunnel"] for r in reports if r["state"] == "gone"],
                    "default": default and default["problems"]}, sys.stdout, indent=2)
         print()
     for r in reports:

@@ -77,6 +77,16 @@ class Kernel:
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 
+    def present(self, state):
+        """The objects of *state* (a record's, owned.py) that the kernel holds now: rules among
+        vpnsplit's, routes in their table, aliases on their device, entries in vpnsplit's nft table."""
+        tables = {t: set(self.nl.table_routes(t)[0]) for t in {r.table for r in state.routes}}
+        addrs = set()
+        for device in {a.device for a in state.addresses}:
+            addrs |= self.nl.addresses(device, {a for a in state.addresses if a.device == device})
+        return plan.State(rules=state.rules & set(self.our_rules()), routes=frozenset(r for r in state.routes if r in tables[r.table]),
+                          addresses=frozenset(addrs), nft=state.nft & self.nat_view()[1])
+
     def device_lease(self, tunnel, servers=False):
         """The lease *tunnel*'s device carries (wg-quick passes nothing else). *servers*: with
         a WireGuard device's peer endpoints as the VPN servers."""
