@@ -142,7 +142,7 @@ def cmd_up(args, cfg):
         targets = []
         absent = [t for t in tunnels if kernel.nl.link_index(t.device) is None]
         for tunnel in tunnels:
-            lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=tunnel is chosen)
+            lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name), servers=tunnel is chosen)
             targets.append((tunnel, lease))
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
         # --all: also the tunnels gone from the config, torn down from their records

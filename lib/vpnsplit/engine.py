@@ -3,8 +3,12 @@
 Each run is one linear story under the lock: plan the desired state, observe what vpnsplit
 owns in the kernel, turn the difference into steps that each carry their undo, run them in
 a leak-safe order, and record the lease last (only switching forwarding on comes after it,
-so a killed run's record never misses a switch). If a step fails, every step this run made
-is undone in reverse and the error names the step.
+so a killed run's record never misses a switch; switching it off comes first). If a step fails,
+every step this run made is undone in reverse and the error names the step.
+
+Ownership by record: each tunnel's record says what vpnsplit applied for it (owned.py); what
+a record holds and the run no longer wants is removed with the rest, and `teardown` removes
+a tunnel from its record alone, its config section gone.
 """
 
 import logging
@@ -37,6 +41,21 @@ def _all(tunnels):
 def gone(statedir, tunnels):
     """The tunnels that have a record but no section among the configured *tunnels* (a dict by name)."""
     return [name for name in statedir.names() if name not in tunnels]
+
+
+def removable(kernel, statedir, tunnels):
+    """The tunnels gone from the config (a record, no section among *tunnels*) that a run over every tunnel
+    tears down: all but one the default VPN still goes through (warned about: the host's traffic would then
+    leave in the clear, or not at all; `vpnsplit default --off` comes first)."""
+    out = []
+    for name in gone(statedir, tunnels):
+        table = carrying_default(kernel, statedir, name)
+        if table is None:
+            out.append(name)
+        else:
+            log.warning("tunnel %s is gone from the config, but the default VPN still sends this host's traffic into its table %s: "
+                        "left in place; run 'vpnsplit default --off', then 'vpnsplit down %s'", name, table, name)
+    return out
 
 
 def carrying_default(kernel, statedir, name):
@@ -72,7 +91,9 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
     Returns the names of the changes made.
     """
     servers = refusals.Servers(statedir, tunnels or [t for t, _ in targets], targets)
-    desired, current, bookkeeping = plan.State(), plan.State(), []
+    # forwarding switched off before anything else (a forwarded source whose rules go would otherwise reach
+    # the main table: the uplink); the records, and forwarding switched on, after the kernel's steps
+    desired, current, first, bookkeeping = plan.State(), plan.State(), [], []
     if default is not None:
         current = kernel.observe_default()
         desired = default_vpn.desired(kernel, default, current)
@@ -97,7 +118,8 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         is_default = default not in (None, default_vpn.OFF) and default[0] is tunnel
         offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default,
                                                   lambda name=tunnel.name: statedir.claimed_elsewhere(name))
-        bookkeeping += offs + _record_steps(statedir, record, lease, switched, want) + ons
+        first += offs
+        bookkeeping += _record_steps(statedir, record, lease, switched, want) + ons
     for name in gone:
         record = statedir.record(name)
         table = carrying_default(kernel, statedir, name)
@@ -107,13 +129,14 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         # a tunnel known by name alone: none of its forwarding switches is needed any more
         offs, _, _ = sysctl.switch_steps(kernel, record.forwarding, Tunnel(name, "", 0, 0), None, False,
                                          lambda name=name: statedir.claimed_elsewhere(name))
-        bookkeeping += offs + _record_steps(statedir, record, None, {}, plan.State())
+        first += offs
+        bookkeeping += _record_steps(statedir, record, None, {}, plan.State())
     # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
     mine = [t.name for t, _ in targets] + list(gone)
     claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
     for name in mine:
         current |= kernel.present(owned.leftovers(statedir.record(name).applied or plan.State(), desired, claimed))
-    steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
+    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
     try:
         changes = transaction.run(steps)
     finally:

@@ -61,21 +61,20 @@ def _object(item):
     if set(cls._fields) - set(values):
         raise ValueError(f"{item['kind']} without {', '.join(sorted(set(cls._fields) - set(values)))}")
     for field in cls._fields:
-        if not _valid(field, values[field]):
+        if not _valid(field, values[field], cls.__annotations__[field]):
             raise ValueError(f"{item['kind']} {field} {values[field]!r:.60}")
     return cls(**{f: values[f] for f in cls._fields})
 
 
-def _valid(field, value):
-    """A field value of the kinds above: numbers, known words, device names, addresses and prefixes."""
-    if field == "family":
-        return value in (4, 6) and type(value) is int
-    if isinstance(value, int):
-        return type(value) is int and field not in _WORDS  # no bool, no address given as a number
+def _valid(field, value, hint):
+    """A field value of the kinds above, by its type *hint*: numbers, known words, device names, addresses
+    and prefixes, None where optional (str | None)."""
+    if hint is int:
+        return type(value) is int and (field != "family" or value in (4, 6))  # no bool
     if field in _WORDS:
         return value in _WORDS[field]
     if value is None:
-        return field in ("device", "gateway")  # Route's optional ones
+        return hint is not str
     if not isinstance(value, str):
         return False
     if field == "device":
