@@ -146,28 +146,13 @@ def cmd_up(args, cfg):
             targets.append((tunnel, lease))
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
         # --all: also the tunnels gone from the config, torn down from their records
-        gone = _gone(kernel, statedir, cfg) if args.all else []
+        gone = engine.removable(kernel, statedir, cfg.tunnels) if args.all else []
         changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()), gone=gone)
     what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config: removed)" if gone else "")
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
     if args.name and absent:
         log.warning("tunnel %s is not connected (no device %s): its down state is applied%s; the VPN client's "
                     "next connect brings it up", args.name, absent[0].device, " (strict: fail closed)" if absent[0].strict else "")
-
-
-def _gone(kernel, statedir, cfg):
-    """The tunnels whose section is gone but whose record is not, for `--all` to tear down; one
-    the default VPN still goes through is left (with a warning): the host's traffic would then
-    leave in the clear, or not at all."""
-    out = []
-    for name in engine.gone(statedir, cfg.tunnels):
-        table = engine.carrying_default(kernel, statedir, name)
-        if table is None:
-            out.append(name)
-        else:
-            log.warning("tunnel %s is gone from the config, but the default VPN still sends this host's traffic into its table %s: "
-                        "left in place; run 'vpnsplit default --off', then 'vpnsplit down %s'", name, table, name)
-    return out
 
 
 def cmd_down(args, cfg):
@@ -179,7 +164,7 @@ def cmd_down(args, cfg):
     tunnels = list(cfg.tunnels.values()) if args.all else [t for t in [cfg.tunnels.get(args.name)] if t]
     with runner.session() as (kernel, statedir):
         chosen = default_vpn.chosen(statedir, cfg.tunnels)
-        gone = _gone(kernel, statedir, cfg) if args.all else [args.name] if not tunnels else []
+        gone = engine.removable(kernel, statedir, cfg.tunnels) if args.all else [args.name] if not tunnels else []
         changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None,
                                   list(cfg.tunnels.values()), gone=gone)
     what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config)" if gone else "")

@@ -133,9 +133,10 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         bookkeeping += _record_steps(statedir, record, None, {}, plan.State())
     # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
     mine = [t.name for t, _ in targets] + list(gone)
-    claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
-    for name in mine:
-        current |= kernel.present(owned.leftovers(statedir.record(name).applied or plan.State(), desired, claimed))
+    left = owned.union(owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine)
+    if left.objects():  # the other records are read only then: a run with nothing left over reads none
+        claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
+        current |= kernel.present(owned.leftovers(left, plan.State(), claimed))
     steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
     try:
         changes = transaction.run(steps)

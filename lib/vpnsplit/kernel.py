@@ -81,6 +81,8 @@ class Kernel:
     def present(self, state):
         """The objects of *state* (a record's, owned.py) that the kernel holds now: rules among
         vpnsplit's, routes in their table, aliases on their device, entries in vpnsplit's nft table."""
+        if not state.objects():
+            return state  # nothing asked: nothing dumped
         tables = {t: set(self.nl.table_routes(t)[0]) for t in {r.table for r in state.routes}}
         addrs = set()
         for device in {a.device for a in state.addresses}:

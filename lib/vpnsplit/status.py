@@ -62,7 +62,9 @@ def status(kernel, statedir, tunnel):
     elif desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
     # what vpnsplit applied for the tunnel earlier (its record) and its config no longer wants: an old alias, table...
-    leftover = owned.leftovers(record.applied or plan.State(), desired, statedir.applied_elsewhere(tunnel.name))
+    leftover = owned.leftovers(record.applied or plan.State(), desired)
+    if leftover.objects():
+        leftover = owned.leftovers(leftover, plan.State(), statedir.applied_elsewhere(tunnel.name))
     orphans = [str(o) for o in kernel.present(leftover).objects() if str(o) not in stale]
     fix = f"vpnsplit {'up' if lease else 'down'} {tunnel.name}"
     problems += [f"orphaned: {o} (vpnsplit applied it for {tunnel.name} earlier; the config no longer wants it; {fix} removes it)"
