@@ -9,13 +9,15 @@ was ever applied, and a socket bound to the old alias gets nothing out on the ou
 """
 
 import json
+import subprocess
 
 import pytest
 
 from tests.kernel.convergence import canon, ok, state_files
-from tests.kernel.nslab import PROVIDER, WORK, NetnsLab
+from tests.kernel.nslab import PROVIDER, VPNSPLIT, WORK, NetnsLab
 from tests.kernel.test_backstop import BOUND
 from tests.kernel.test_sources_forward import veth
+from tests.kernel.watcher import Watcher, until
 
 INTERNET = {4: "192.0.2.80", 6: "2001:db8:2::80"}
 WORK_SOURCES = WORK + 'sources = ["10.20.1.0/24"]\n'
@@ -117,6 +119,10 @@ def test_a_config_edit_leaves_the_kernel_as_a_fresh_apply(worlds, edit):
     for source in old:
         edited.send_from(source)
     assert edited.outside() == 0, edit
+    # control: the counter sees what does leave by the uplink, both families
+    for source in ("198.51.100.10", "2001:db8:51::10"):
+        assert edited.send_from(source) == "sent sent sent sent sent", source
+    assert until(lambda: edited.outside() == 10), edited.outside()
 
     fresh = worlds("fresh")
     ok(fresh.apply(after, "up", "--all"))
@@ -181,8 +187,6 @@ def test_a_gone_tunnel_carrying_the_default_vpn_is_left_until_default_off(worlds
 
 
 def test_the_watcher_s_converge_removes_a_gone_section(worlds):
-    from tests.kernel.watcher import Watcher
-
     world = worlds("w")
     ns = world.ns
     ok(world.apply(PROVIDER + WORK_SOURCES, "up", "--all"))
@@ -195,3 +199,24 @@ def test_the_watcher_s_converge_removes_a_gone_section(worlds):
     assert [r for r in ns.rules() if r[2] == 101] == [] and ns.table(101) == [] and "10.192.9.1" not in ns.addresses("lo")
     assert ns.forwarding()["ipv4/ctr0/forwarding"] == "0" and not (ns.state_dir / "work.json").exists()
     ok(ns.vpnsplit("check"))
+
+
+def test_a_teardown_that_fails_is_rolled_back_whole(worlds):
+    """`down work` for a gone section, with work's record a mount point (in a private mount namespace):
+    its removal, the last step, fails; every rule, route, alias, nft entry and switch it removed comes back."""
+    world = worlds("w")
+    ns = world.ns
+    ok(world.apply(PROVIDER + WORK_SOURCES, "up", "--all"))
+    ns.write_config(PROVIDER)
+    before = world.kernel()
+    envargs = [f"{k}={v}" for k, v in ns.env().items()]
+    script = 'f="$1"; shift; mount --bind "$f" "$f" && exec "$@"'
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(ns.state_dir / "work.json"),
+                           "ip", "netns", "exec", ns.name, "/usr/bin/env", "-i", *envargs, *VPNSPLIT, "down", "work"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert "'remove state' failed" in last and "cannot remove" in last and "rolled back the" in last, proc.stderr
+    assert world.kernel() == before
+    ok(ns.vpnsplit("down", "work"))  # without the mount it goes
+    assert not (ns.state_dir / "work.json").exists()
