@@ -134,6 +134,8 @@ def cmd_up(args, cfg):
     """One tunnel, or with --all every tunnel: those whose device exists go up, the others
     down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
     the first connect, and `vpnsplit up NAME` after the VPN client died is the fix status names."""
+    if args.name and args.name not in cfg.tunnels and args.name in state.StateDir(state.dir_from()).names():
+        cfg.tunnel(args.name, more=f"(its section is gone; 'vpnsplit down {args.name}' removes what vpnsplit applied for it)")
     tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
     # every tunnel with a recorded lease: probably a re-apply with everything in place
     with runner.session(changes_expected=lambda statedir: any(statedir.record(t.name).lease is None for t in tunnels)) as (kernel, statedir):

@@ -163,6 +163,8 @@ def test_status_and_check_report_orphans_until_removed(worlds):
     reports = {r["tunnel"]: r for r in json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"]}
     assert reports["work"]["state"] == "gone" and reports["work"]["forwarding_switched"] == {"forwarding": ["ctr0", "tun1"]}
     assert ns.vpnsplit("check", "work").returncode == 3  # a gone tunnel by name
+    up = ns.vpnsplit("up", "work")
+    assert up.returncode == 2 and "its section is gone; 'vpnsplit down work' removes" in up.stderr, up.stderr
     ok(ns.vpnsplit("up", "--all"))
     ok(ns.vpnsplit("check"))
     assert json.loads(ns.vpnsplit("check", "--json").stdout) == {"in_sync": True, "tunnels": {"provider": []}, "orphans": {},
