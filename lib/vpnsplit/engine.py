@@ -73,6 +73,9 @@ def teardown(kernel, statedir, names, tunnels=()):
     changed) while the default VPN sends the host into one of their tables: `vpnsplit default
     --off` comes first. *tunnels*: every configured one (the VPN servers refusals know).
     Returns the names of the changes made. (converge's *gone* does the same within a larger run.)
+
+    Something else a tunnel may own (a device vpnsplit created, say) is recorded beside `forwarding`
+    in its record and removed by a step added where converge handles *gone*, before the record's removal.
     """
     return converge(kernel, statedir, [], None, tunnels, gone=names)
 
