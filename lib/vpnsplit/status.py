@@ -56,7 +56,7 @@ def status(kernel, statedir, tunnel):
     current, foreign, (intact, _) = kernel.observe(tunnel)
     objects, stale, problems = compared(desired, current)
     # no record and nothing of the tunnel's in the kernel: not applied yet, which is no drift
-    applied = lease is not None or bool(current.objects()) or not desired.objects() or bool(record.applied)
+    applied = lease is not None or bool(current.objects()) or not desired.objects() or bool(record.applied and record.applied.objects())
     if not applied:
         problems = []
     elif desired.nft and not intact:
