@@ -23,6 +23,7 @@ EPILOG = """\
 examples:
   vpnsplit up provider          re-apply tunnel 'provider' from the recorded lease (or its device)
   vpnsplit down provider        remove it, keeping the strict fail-closed routes
+  vpnsplit down oldname         remove a tunnel whose section you deleted (its record says what)
   vpnsplit up --all             every tunnel at once (at boot: fail closed before the first connect)
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
@@ -34,7 +35,8 @@ examples:
   vpnsplit watch                stay in the foreground and put back what other programs remove
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
-2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
+2 bad input (arguments, environment, config; nothing changed); 3 check found drift (orphans included:
+what vpnsplit applied earlier and the config no longer wants).
 environment: VPNSPLIT_CONFIG (config path), VPNSPLIT_STATE_DIR (default /run/vpnsplit),
 VPNSPLIT_LOCK_TIMEOUT (seconds, default 30), VPNSPLIT_DEBUG=1 (tracebacks).
 """
