@@ -23,6 +23,7 @@ EPILOG = """\
 examples:
   vpnsplit up provider          re-apply tunnel 'provider' from the recorded lease (or its device)
   vpnsplit down provider        remove it, keeping the strict fail-closed routes
+  vpnsplit down oldname         remove a tunnel whose section you deleted (its record says what)
   vpnsplit up --all             every tunnel at once (at boot: fail closed before the first connect)
   vpnsplit status --json        what should be in the kernel, and what is
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
@@ -34,7 +35,8 @@ examples:
   vpnsplit watch                stay in the foreground and put back what other programs remove
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
-2 bad input (arguments, environment, config; nothing changed); 3 check found drift.
+2 bad input (arguments, environment, config; nothing changed); 3 check found drift (orphans included:
+what vpnsplit applied earlier and the config no longer wants).
 environment: VPNSPLIT_CONFIG (config path), VPNSPLIT_STATE_DIR (default /run/vpnsplit),
 VPNSPLIT_LOCK_TIMEOUT (seconds, default 30), VPNSPLIT_DEBUG=1 (tracebacks).
 """
@@ -134,6 +136,8 @@ def cmd_up(args, cfg):
     """One tunnel, or with --all every tunnel: those whose device exists go up, the others
     down (with strict: fail closed), so `vpnsplit up --all` at boot covers the time before
     the first connect, and `vpnsplit up NAME` after the VPN client died is the fix status names."""
+    if args.name and args.name not in cfg.tunnels and args.name in state.StateDir(state.dir_from()).names():
+        cfg.tunnel(args.name, more=f"(its section is gone; 'vpnsplit down {args.name}' removes what vpnsplit applied for it)")
     tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
     # every tunnel with a recorded lease: probably a re-apply with everything in place
     with runner.session(changes_expected=lambda statedir: any(statedir.record(t.name).lease is None for t in tunnels)) as (kernel, statedir):
@@ -142,11 +146,13 @@ def cmd_up(args, cfg):
         targets = []
         absent = [t for t in tunnels if kernel.nl.link_index(t.device) is None]
         for tunnel in tunnels:
-            lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=tunnel is chosen)
+            lease = None if tunnel in absent else kernel.current_lease(tunnel, statedir.record(tunnel.name), servers=tunnel is chosen)
             targets.append((tunnel, lease))
         default = next(((t, lease) for t, lease in targets if t is chosen), None)
-        changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()))
-    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
+        # --all: also the tunnels gone from the config, torn down from their records
+        gone = engine.removable(kernel, statedir, cfg.tunnels) if args.all else []
+        changes = engine.converge(kernel, statedir, targets, default, list(cfg.tunnels.values()), gone=gone)
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config: removed)" if gone else "")
     log.info("%s up: %s", what, f"{len(changes)} change(s)" if changes else "already in place")
     if args.name and absent:
         log.warning("tunnel %s is not connected (no device %s): its down state is applied%s; the VPN client's "
@@ -154,26 +160,37 @@ def cmd_up(args, cfg):
 
 
 def cmd_down(args, cfg):
-    tunnels = list(cfg.tunnels.values()) if args.all else [cfg.tunnel(args.name)]
+    """One tunnel, or with --all every one (and those gone from the config whose record is left).
+    NAME may be a tunnel gone from the config: its record alone says what to remove."""
+    statedir = state.StateDir(state.dir_from())
+    if args.name and args.name not in cfg.tunnels and args.name not in statedir.names():
+        cfg.tunnel(args.name, more=f"and no record of it in {statedir.path}")  # bad input: names the known ones
+    tunnels = list(cfg.tunnels.values()) if args.all else [t for t in [cfg.tunnels.get(args.name)] if t]
     with runner.session() as (kernel, statedir):
         chosen = default_vpn.chosen(statedir, cfg.tunnels)
+        gone = engine.removable(kernel, statedir, cfg.tunnels) if args.all else [args.name] if not tunnels else []
         changes = engine.converge(kernel, statedir, [(t, None) for t in tunnels], (chosen, None) if chosen in tunnels else None,
-                                  list(cfg.tunnels.values()))
-    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels))
+                                  list(cfg.tunnels.values()), gone=gone)
+    what = "tunnel " + args.name if args.name else _tunnels(len(tunnels)) + (f" ({len(gone)} gone from the config)" if gone else "")
+    what += " (gone from the config: removed what its record says vpnsplit applied)" if args.name and gone else ""
     log.info("%s down: %s", what, f"{len(changes)} change(s)" if changes else "nothing to remove")
 
 
 def _reports(args, cfg):
     """(per-tunnel reports, the default VPN's report or None); the latter only when every
     tunnel is asked for, or the one the default VPN goes through."""
-    names = [cfg.tunnel(args.name).name] if args.name else list(cfg.tunnels)
     statedir = state.StateDir(state.dir_from())
+    gone = engine.gone(statedir, cfg.tunnels)
+    if args.name and args.name not in gone:
+        cfg.tunnel(args.name)
+    names = [args.name] if args.name else list(cfg.tunnels) + gone
     kernel = Kernel()
     try:
         default = status.default_status(kernel, statedir, cfg.tunnels)
         if default and args.name and default["tunnel"] != args.name:
             default = None
-        return [status.status(kernel, statedir, cfg.tunnels[n]) for n in names], default
+        return [status.gone_status(kernel, statedir, n) if n in gone else status.status(kernel, statedir, cfg.tunnels[n])
+                for n in names], default
     finally:
         kernel.close()
 
@@ -189,7 +206,7 @@ def cmd_status(args, cfg):
         print()
     else:
         for r in reports:
-            print(status.describe(r))
+            print(status.describe_gone(r) if r["state"] == "gone" else status.describe(r))
         if default:
             print(status.describe_default(default))
         print(f"watcher: running (pid {watcher})" if watcher else "watcher: not running (see vpnsplit watch --help)")
@@ -201,6 +218,9 @@ def cmd_check(args, cfg):
     in_sync = all(r["in_sync"] for r in reports) and (default is None or default["in_sync"])
     if args.json:
         json.dump({"in_sync": in_sync, "tunnels": {r["tunnel"]: r["problems"] for r in reports},
+                   # what vpnsplit applied earlier and no longer wants, per tunnel; the tunnels whose section is gone
+                   "orphans": {r["tunnel"]: r["orphans"] for r in reports if r["orphans"]},
+                   "gone": [r["tunnel"] for r in reports if r["state"] == "gone"],
                    "default": default and default["problems"]}, sys.stdout, indent=2)
         print()
     for r in reports:

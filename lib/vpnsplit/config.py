@@ -81,12 +81,13 @@ class Config(NamedTuple):
     path: str
     tunnels: dict  # name -> Tunnel, in file order
 
-    def tunnel(self, name, where=None):
-        """The tunnel called *name*; InputError naming the known ones otherwise (after *where*, if given)."""
+    def tunnel(self, name, where=None, more=""):
+        """The tunnel called *name*; InputError naming the known ones otherwise (after *where*, if given; *more* after)."""
         try:
             return self.tunnels[name]
         except KeyError:
-            raise InputError(f"{where + ': ' if where else ''}no tunnel {name!r} in {shown(self.path)} (known: {_known(self)})") from None
+            raise InputError(f"{where + ': ' if where else ''}no tunnel {name!r} in {shown(self.path)}{' ' + more if more else ''} "
+                             f"(known: {_known(self)})") from None
 
     def tunnel_for_device(self, device, where):
         """The tunnel whose `device` is *device*; InputError otherwise."""

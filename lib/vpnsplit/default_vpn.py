@@ -164,11 +164,11 @@ def choose(kernel, statedir, tunnel, tunnels):
         targets = [default]
     else:
         # the tunnel itself too, so its record holds the servers read now (check compares with it)
-        default = (tunnel, kernel.current_lease(tunnel, statedir.record(tunnel.name).lease, servers=True))
+        default = (tunnel, kernel.current_lease(tunnel, statedir.record(tunnel.name), servers=True))
         targets = [default]
     before = chosen(statedir, tunnels)
     if before not in (None, tunnel) and kernel.nl.link_index(before.device) is not None:
-        targets = [*targets, (before, kernel.current_lease(before, statedir.record(before.name).lease))]
+        targets = [*targets, (before, kernel.current_lease(before, statedir.record(before.name)))]
     previous = statedir.default_choice()
     statedir.choose_default("" if tunnel is None else tunnel.name)
     try:

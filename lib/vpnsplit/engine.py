@@ -3,14 +3,19 @@
 Each run is one linear story under the lock: plan the desired state, observe what vpnsplit
 owns in the kernel, turn the difference into steps that each carry their undo, run them in
 a leak-safe order, and record the lease last (only switching forwarding on comes after it,
-so a killed run's record never misses a switch). If a step fails, every step this run made
-is undone in reverse and the error names the step.
+so a killed run's record never misses a switch; switching it off comes first). If a step fails,
+every step this run made is undone in reverse and the error names the step.
+
+Ownership by record: each tunnel's record says what vpnsplit applied for it (owned.py); what
+a record holds and the run no longer wants is removed with the rest, and `teardown` removes
+a tunnel from its record alone, its config section gone.
 """
 
 import logging
 import socket
 
-from vpnsplit import default_vpn, plan, refusals, sysctl, transaction
+from vpnsplit import default_vpn, owned, plan, refusals, sysctl, transaction
+from vpnsplit.config import Tunnel
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
 from vpnsplit.transaction import Step
@@ -33,18 +38,65 @@ def _all(tunnels):
     return list(tunnels.values()) if tunnels else ()
 
 
-def converge(kernel, statedir, targets, default=None, tunnels=()):
-    """Bring each (tunnel, lease) to 'up' with that lease, or to 'down' where lease is None.
+def gone(statedir, tunnels):
+    """The tunnels that have a record but no section among the configured *tunnels* (a dict by name)."""
+    return [name for name in statedir.names() if name not in tunnels]
+
+
+def removable(kernel, statedir, tunnels):
+    """The tunnels gone from the config (a record, no section among *tunnels*) that a run over every tunnel
+    tears down: all but one the default VPN still goes through (warned about: the host's traffic would then
+    leave in the clear, or not at all; `vpnsplit default --off` comes first)."""
+    out = []
+    for name in gone(statedir, tunnels):
+        table = carrying_default(kernel, statedir, name)
+        if table is None:
+            out.append(name)
+        else:
+            log.warning("tunnel %s is gone from the config, but the default VPN still sends this host's traffic into its table %s: "
+                        "left in place; run 'vpnsplit default --off', then 'vpnsplit down %s'", name, table, name)
+    return out
+
+
+def carrying_default(kernel, statedir, name):
+    """The table of tunnel *name*'s record that the default VPN's rules still send the host into, or None."""
+    tables = owned.tables(statedir.record(name).applied or plan.State())
+    return next((r.table for r in kernel.observe_default().rules
+                 if r.priority == plan.DEFAULT_PRIORITY + 3 and r.table in tables), None)
+
+
+def teardown(kernel, statedir, names, tunnels=()):
+    """Remove everything the records of tunnels *names* say vpnsplit applied, from the records
+    alone (their sections may be gone): their rules, the routes of their tables, their aliases,
+    their nft entries, the forwarding switches they turned on, then the records themselves,
+    in one transaction. What another record also claims stays. Refused (InputError, nothing
+    changed) while the default VPN sends the host into one of their tables: `vpnsplit default
+    --off` comes first. *tunnels*: every configured one (the VPN servers refusals know).
+    Returns the names of the changes made. (converge's *gone* does the same within a larger run.)
+
+    Something else a tunnel may own (a device vpnsplit created, say) is recorded beside `forwarding`
+    in its record and removed by a step added where converge handles *gone*, before the record's removal.
+    """
+    return converge(kernel, statedir, [], None, tunnels, gone=names)
+
+
+def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
+    """Bring each (tunnel, lease) to 'up' with that lease, or to 'down' where lease is None;
+    tear down the tunnels named in *gone* from their records (see teardown).
 
     *default* also brings the host-wide default VPN's rules in line: (tunnel, lease or None)
     to send everything through that tunnel, default_vpn.OFF to remove them, None to leave
     them alone. All tunnels go in one run: one observation, one list of steps, one nft
     transaction, one rollback if any step fails. Refusals (missing device, a table holding
     foreign routes, the clashes of refusals.py, which knows the VPN servers of every
-    configured *tunnels*) come before the first change. Returns the names of the changes made.
+    configured *tunnels*) come before the first change. Whatever a tunnel's record says
+    vpnsplit applied earlier and this run no longer wants is removed (owned.leftovers).
+    Returns the names of the changes made.
     """
     servers = refusals.Servers(statedir, tunnels or [t for t, _ in targets], targets)
-    desired, current, bookkeeping = plan.State(), plan.State(), []
+    # forwarding switched off before anything else (a forwarded source whose rules go would otherwise reach
+    # the main table: the uplink); the records, and forwarding switched on, after the kernel's steps
+    desired, current, first, bookkeeping = plan.State(), plan.State(), [], []
     if default is not None:
         current = kernel.observe_default()
         desired = default_vpn.desired(kernel, default, current)
@@ -63,14 +115,32 @@ def converge(kernel, statedir, targets, default=None, tunnels=()):
                 f"tunnel {tunnel.name}: table {tunnel.table} holds routes vpnsplit did not create ({', '.join(foreign[:3])}); "
                 f"choose a table of its own"
             )
-        refusals.refuse(kernel.nl, tunnel, lease, servers)
-        desired, current = desired | want, current | have
         record = statedir.record(tunnel.name)
+        refusals.refuse(kernel.nl, tunnel, lease, servers, record.applied)
+        desired, current = desired | want, current | have
         is_default = default not in (None, default_vpn.OFF) and default[0] is tunnel
         offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default,
                                                   lambda name=tunnel.name: statedir.claimed_elsewhere(name))
-        bookkeeping += offs + _record_steps(statedir, record, lease, switched) + ons
-    steps = _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
+        first += offs
+        bookkeeping += _record_steps(statedir, record, lease, switched, want) + ons
+    for name in gone:
+        record = statedir.record(name)
+        table = carrying_default(kernel, statedir, name)
+        if table is not None:
+            raise InputError(f"tunnel {name} is gone from the config, but the default VPN still sends this host's traffic into "
+                             f"its table {table}: run 'vpnsplit default --off' first, then 'vpnsplit down {name}'")
+        # a tunnel known by name alone: none of its forwarding switches is needed any more
+        offs, _, _ = sysctl.switch_steps(kernel, record.forwarding, Tunnel(name, "", 0, 0), None, False,
+                                         lambda name=name: statedir.claimed_elsewhere(name))
+        first += offs
+        bookkeeping += _record_steps(statedir, record, None, {}, plan.State())
+    # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
+    mine = [t.name for t, _ in targets] + list(gone)
+    left = owned.union(owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine)
+    if left.objects():  # the other records are read only then: a run with nothing left over reads none
+        claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
+        current |= kernel.present(owned.leftovers(left, plan.State(), claimed))
+    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
     try:
         changes = transaction.run(steps)
     finally:
@@ -105,6 +175,10 @@ def _steps(kernel, d, nat_view, desired):
             steps.append(Step(f"add {r}", lambda r=r: nl.add_route(r), lambda r=r: nl.del_route(r)))
     for a in sorted(d.add.addresses):
         steps.append(Step(f"add {a}", lambda a=a: nl.add_address(a), lambda a=a: nl.del_address(a)))
+    # an alias goes before its NAT, rules and backstop entries: once it is off the device nothing can
+    # bind to it, so no packet from it ever finds its rule gone (the main table: the uplink, in the clear)
+    for a in sorted(d.remove.addresses):
+        steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
     intact, everything = nat_view
     if d.add.nft or d.remove.nft or (desired.nft and not intact):
         undo = []
@@ -122,18 +196,18 @@ def _steps(kernel, d, nat_view, desired):
         steps.append(Step(f"delete {r}", lambda r=r: nl.del_rule(r), lambda r=r: nl.add_rule(r)))
     for r in sorted(replaced.values(), key=lambda r: (r.type == "unreachable", r)):
         steps.append(Step(f"delete {r}", lambda r=r: nl.del_route(r), lambda r=r: nl.add_route(r)))
-    for a in sorted(d.remove.addresses):
-        steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
     return steps
 
 
-def _record_steps(statedir, record, lease, switched):
+def _record_steps(statedir, record, lease, switched, applied):
     """The state-file step of a run (none if *record* already says it), undone by putting
-    the old files back."""
-    if lease is not None:
-        if record.lease == lease and record.forwarding == switched:
+    the old files back: the lease (None: down), the forwarding *switched* on and the objects
+    *applied* (the tunnel's plan). A tunnel with none of them left has no record."""
+    if lease is not None or applied.objects() or any(switched.values()):
+        if record.lease == lease and record.forwarding == switched and record.applied == applied and not record.damage:
             return []  # in place: the file is not read again, let alone written
-        return [Step("record state", lambda: statedir.write(record.name, lease, switched) or True, lambda: statedir.put_back(record))]
+        return [Step("record state", lambda: statedir.write(record.name, lease, switched, applied) or True,
+                     lambda: statedir.put_back(record))]
     if record.exists:
         return [Step("remove state", lambda: statedir.remove(record.name) or True, lambda: statedir.put_back(record))]
     return []

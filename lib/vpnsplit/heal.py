@@ -3,7 +3,7 @@
 import logging
 import time
 
-from vpnsplit import default_vpn, events
+from vpnsplit import default_vpn, engine, events
 
 log = logging.getLogger("vpnsplit")
 
@@ -12,7 +12,7 @@ BOOKKEEPING = ("record state", "remove state")
 
 
 def targets(kernel, statedir, tunnels):
-    """(targets, default, waiting) for engine.converge: the state `vpnsplit check` compares against.
+    """(targets, default, waiting, gone) for engine.converge: the state `vpnsplit check` compares against.
 
     A tunnel with a recorded lease goes up with the lease its device carries, as `vpnsplit up
     NAME` does (the recorded one, or the device's new address keeping the recorded servers);
@@ -21,7 +21,8 @@ def targets(kernel, statedir, tunnels):
     its VPN client is reconnecting or died, and its hooks, or the device coming back, decide
     (with strict its table's unreachable default keeps it closed meanwhile). So is one whose
     record is damaged: healing the others must not wait for it. The default VPN follows its
-    tunnel, as in `vpnsplit up --all`.
+    tunnel, as in `vpnsplit up --all`; and *gone* names the tunnels gone from the config, torn down from
+    their records as `up --all` does.
     """
     chosen = default_vpn.chosen(statedir, tunnels)
     out, waiting = [], []
@@ -37,8 +38,8 @@ def targets(kernel, statedir, tunnels):
             waiting.append(f"{tunnel.name} (recorded up, but device {tunnel.device} is absent or has no address: "
                            f"waiting for the VPN client)")
         else:
-            out.append((tunnel, kernel.current_lease(tunnel, recorded, servers=tunnel is chosen)))
-    return out, next(((t, lease) for t, lease in out if t is chosen), None), waiting
+            out.append((tunnel, kernel.current_lease(tunnel, record, servers=tunnel is chosen)))
+    return out, next(((t, lease) for t, lease in out if t is chosen), None), waiting, engine.removable(kernel, statedir, tunnels)
 
 
 class Budget:

@@ -86,7 +86,7 @@ def wg_up(args):
     call = validate("wg-up", args)
     with runner.session(call.prepared) as (kernel, statedir):
         # the peers' endpoints are the VPN servers a default VPN must keep out of the tunnel
-        lease = kernel.device_lease(call.tunnel, servers=True)._replace(dns=call.dns)
+        lease = kernel.device_lease(call.tunnel, servers=True, record=statedir.record(call.tunnel.name))._replace(dns=call.dns)
         changes = engine.up(kernel, statedir, call.tunnel, lease, call.tunnels)
     _report("up", call.tunnel, changes, lease)
 

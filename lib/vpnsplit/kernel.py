@@ -6,6 +6,7 @@ handles, so a run over many tunnels costs no more dumps than a run over one. A l
 read off a device when the VPN client passes none (wg-quick) or by hand (`vpnsplit up`).
 """
 
+import ipaddress
 import logging
 
 from vpnsplit import nftkinds, plan, wgpeers
@@ -77,10 +78,23 @@ class Kernel:
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 
-    def device_lease(self, tunnel, servers=False):
+    def present(self, state):
+        """The objects of *state* (a record's, owned.py) that the kernel holds now: rules among
+        vpnsplit's, routes in their table, aliases on their device, entries in vpnsplit's nft table."""
+        if not state.objects():
+            return state  # nothing asked: nothing dumped
+        tables = {t: set(self.nl.table_routes(t)[0]) for t in {r.table for r in state.routes}}
+        addrs = set()
+        for device in {a.device for a in state.addresses}:
+            addrs |= self.nl.addresses(device, {a for a in state.addresses if a.device == device})
+        return plan.State(rules=state.rules & set(self.our_rules()), routes=frozenset(r for r in state.routes if r in tables[r.table]),
+                          addresses=frozenset(addrs), nft=state.nft & self.nat_view()[1])
+
+    def device_lease(self, tunnel, servers=False, record=None):
         """The lease *tunnel*'s device carries (wg-quick passes nothing else). *servers*: with
-        a WireGuard device's peer endpoints as the VPN servers."""
-        v4, v6 = self.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6})
+        a WireGuard device's peer endpoints as the VPN servers. *record*: the tunnel's state.Record,
+        whose aliases (an old alias still on the device, before this run removes it) are not the lease."""
+        v4, v6 = self.nl.device_addresses(tunnel.device, skip=_aliases(tunnel, record))
         if v4 is None and v6 is None:
             raise InputError(f"tunnel {tunnel.name}: device {tunnel.device} has no global address "
                              f"(OpenVPN's ifconfig-noexec leaves it without one; vpnsplit needs the address on the device)")
@@ -88,8 +102,8 @@ class Kernel:
         lease = Lease(device=tunnel.device, dev_type=dev_type, local4=v4, local6=v6)
         return wgpeers.with_endpoints(self.nl, lease) if servers else lease
 
-    def current_lease(self, tunnel, recorded, servers=False):
-        """The *recorded* lease if the device still carries it, else what the device carries now.
+    def current_lease(self, tunnel, record, servers=False):
+        """The lease of *record* (the tunnel's state.Record) if the device still carries it, else what the device carries now.
 
         *servers*: also read a WireGuard device's peer endpoints now (they may have moved since
         wg-up). Only the default VPN needs them, and asking a kernel WireGuard device costs a
@@ -98,11 +112,12 @@ class Kernel:
         if self.nl.link_index(tunnel.device) is None:
             raise InputError(f"tunnel {tunnel.name}: device {tunnel.device!r} does not exist (is the VPN connected?)")
         # the addresses alone first: the device's type (one more request) only matters for a new lease
-        carried = [a.ip for a in self.nl.device_addresses(tunnel.device, skip={tunnel.alias, tunnel.alias6}) if a]
+        recorded = record.lease
+        carried = [a.ip for a in self.nl.device_addresses(tunnel.device, skip=_aliases(tunnel, record)) if a]
         if recorded and [a.ip for a in recorded.locals] == carried:
             lease = recorded
         else:
-            lease = self.device_lease(tunnel)
+            lease = self.device_lease(tunnel, record=record)
             if recorded:
                 log.warning("device %s carries %s, not the recorded %s: applying what the device carries", tunnel.device,
                             " ".join(map(str, lease.locals)), " ".join(map(str, recorded.locals)))
@@ -115,3 +130,9 @@ class Kernel:
         """The devices the source subnets of IP *version* are connected to (bridges, veths), where known."""
         found = (self.nl.connected_device(net) for net in tunnel.sources if net.version == version)
         return sorted({dev for dev in found if dev and dev != tunnel.device})
+
+
+def _aliases(tunnel, record):
+    """The addresses on a device that are aliases, not a lease: the configured ones and those *record* holds."""
+    applied = record.applied.addresses if record is not None and record.applied else ()
+    return {tunnel.alias, tunnel.alias6} | {ipaddress.ip_address(a.address) for a in applied}

@@ -35,14 +35,16 @@ class Servers:
         return address in self._known
 
 
-def refuse(nl, tunnel, lease, servers):
+def refuse(nl, tunnel, lease, servers, applied=None):
     """Raise InputError if applying *tunnel* (with *lease*, or its down state for None) would
-    cut the host off; *servers*: the known VPN servers (Servers)."""
+    cut the host off; *servers*: the known VPN servers (Servers); *applied*: what the tunnel's
+    record says vpnsplit applied for it (an alias it put on another device is its own: moving)."""
     if lease is not None:
         _refuse_unborne(nl, tunnel, lease)
     for alias in (tunnel.alias, tunnel.alias6):
         if alias is not None:
-            _refuse_alias(nl, tunnel, alias, servers)
+            mine = {a.device for a in (applied.addresses if applied else ()) if a.address == str(alias)}
+            _refuse_alias(nl, tunnel, alias, servers, mine)
     for net in tunnel.sources:
         _refuse_source(nl, tunnel, net)
 
@@ -60,10 +62,10 @@ def _refuse_unborne(nl, tunnel, lease):
         )
 
 
-def _refuse_alias(nl, tunnel, alias, servers):
+def _refuse_alias(nl, tunnel, alias, servers, mine):
     key = "alias" if alias.version == 4 else "alias6"
     where = f"tunnel {tunnel.name}: {key} {alias}"
-    held = sorted(set(nl.devices_holding(alias)) - {tunnel.alias_dev, tunnel.device})
+    held = sorted(set(nl.devices_holding(alias)) - {tunnel.alias_dev, tunnel.device} - mine)
     if held:
         raise InputError(f"{where} is an address this host holds on {held[0]}; choose an address of its own")
     for _net, _proto, _type, oif, gateway in nl.main_routes(AF[alias.version]):

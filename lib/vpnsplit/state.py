@@ -1,7 +1,10 @@
 """The state directory: per-tunnel records, the default VPN's choice, and the lock that serialises all runs.
 
 `NAME.json` records the lease vpnsplit last applied (so `vpnsplit up NAME`, `status` and
-`check` know what should be in the kernel) and the devices whose forwarding it switched on;
+`check` know what should be in the kernel; none while the tunnel is down), the devices whose
+forwarding it switched on, and every kernel object it left in place for the tunnel ("applied",
+owned.py: ownership by record, so a later run removes what nothing wants any more, even
+with the tunnel's section gone); a tunnel with nothing left in the kernel has no record.
 `NAME.addr` holds the dynamic IPv4 address alone, for other scripts; `default` names the
 tunnel `vpnsplit default` chose. A run reads each file once, under the lock, into a Record.
 Writes are atomic (temp file, fsync, rename) and never follow a symlink planted in the
@@ -14,7 +17,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from vpnsplit import addresses
+from vpnsplit import addresses, owned
 from vpnsplit.errors import InputError, StateError, shown
 from vpnsplit.lease import Lease
 from vpnsplit.lock import Lock
@@ -31,8 +34,8 @@ def dir_from(environ=os.environ):
     return environ.get("VPNSPLIT_STATE_DIR") or DEFAULT_DIR
 
 
-# A record is a few hundred bytes; this bounds what a planted file can make us read.
-MAX_RECORD = 1 << 16
+# A record is a few kilobytes (100 bytes per object applied); this bounds what a planted file can make us read.
+MAX_RECORD = 1 << 20
 
 
 def _read(path):
@@ -55,6 +58,9 @@ class Record(NamedTuple):
     when: str | None  # when the lease was recorded (ISO 8601, UTC)
     damage: str | None  # one line saying why NAME.json cannot be used, and what to do; None if it can
     files: dict  # "json"/"addr" -> the raw bytes of NAME.json / NAME.addr (None: absent), put back on rollback
+    # the kernel objects vpnsplit left in place for the tunnel (plan.State); None: a record written before
+    # vpnsplit recorded them (it then owns what the tunnel's section plans, as before)
+    applied: object = None
 
     @property
     def exists(self):
@@ -117,6 +123,10 @@ class StateDir:
         except OSError:
             return []
 
+    def applied_elsewhere(self, name):
+        """Every kernel object the records of tunnels other than *name* say vpnsplit applied for them."""
+        return owned.union(self.record(other).applied or owned.State() for other in self.names() if other != name)
+
     def claimed_elsewhere(self, name):
         """{IP version: devices} whose forwarding the records of tunnels other than *name* claim."""
         claimed = {}
@@ -135,7 +145,7 @@ class StateDir:
     def _read_record(self, name):
         path, files = self._file(name, "json"), {}
         fix = f"run 'vpnsplit down {name}' then let the VPN reconnect"
-        damage, doc, lease = None, {}, None
+        damage, doc, lease, applied = None, {}, None, None
         for ext in ("json", "addr"):
             try:
                 files[ext] = _read(self._file(name, ext))
@@ -154,28 +164,35 @@ class StateDir:
                 doc, damage = {}, f"state file {shown(path)}: damaged ({shown(str(e))}); {fix}"
             else:
                 try:
-                    lease = Lease.from_json(doc.get("lease") or {}, f"state file {shown(path)}", name)
+                    # a down record (the strict skeleton still applied) has no lease
+                    if doc.get("lease") is not None or "applied" not in doc:
+                        lease = Lease.from_json(doc.get("lease") or {}, f"state file {shown(path)}", name)
+                    if "applied" in doc:
+                        applied = owned.from_json(doc["applied"], f"state file {shown(path)}", fix)
                 except InputError as e:
                     damage = str(e)
         forwarding = {v: _devices(doc.get(field)) for v, field in FORWARDING_FIELDS.items()}
         when = doc.get("when") if isinstance(doc.get("when"), str) else None
-        return Record(name, lease, forwarding, when, damage, files)
+        return Record(name, lease, forwarding, when, damage, files, applied)
 
-    def write(self, name, lease, forwarding=NO_DEVICES):
-        """Record *lease* for tunnel *name* (NAME.json, and NAME.addr with the IPv4 address).
+    def write(self, name, lease, forwarding=NO_DEVICES, applied=None):
+        """Record *lease* (None: the tunnel is down) for tunnel *name* (NAME.json, and NAME.addr
+        with the IPv4 address), and *applied*, the plan.State vpnsplit left in place for it.
 
         *forwarding* maps an IP version to the devices whose forwarding this tunnel switched
         on, so that down switches exactly those back off. A record without "forwarding6"
         (written before IPv6 forwarding was switched per device) reads as none."""
         doc = {
             "tunnel": name,
-            "lease": lease.to_json(),
+            "lease": lease and lease.to_json(),
             **{field: sorted(forwarding.get(v, ())) for v, field in FORWARDING_FIELDS.items()},
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        if applied is not None:
+            doc["applied"] = owned.to_json(applied)
         self._records.pop(name, None)
         _write(self._file(name, "json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if lease.local4 is not None:
+        if lease is not None and lease.local4 is not None:
             _write(self._file(name, "addr"), f"{lease.local4.ip}\n")
         else:
             _unlink(self._file(name, "addr"))

@@ -1,7 +1,7 @@
 """`vpnsplit status` and `check`: what should be in the kernel according to the records, what
 is, and the difference, per tunnel and for the default VPN; and its text for people."""
 
-from vpnsplit import default_vpn, dns, plan, sysctl
+from vpnsplit import default_vpn, dns, owned, plan, sysctl
 from vpnsplit.errors import InputError
 
 
@@ -56,11 +56,19 @@ def status(kernel, statedir, tunnel):
     current, foreign, (intact, _) = kernel.observe(tunnel)
     objects, stale, problems = compared(desired, current)
     # no record and nothing of the tunnel's in the kernel: not applied yet, which is no drift
-    applied = lease is not None or bool(current.objects()) or not desired.objects()
+    applied = lease is not None or bool(current.objects()) or not desired.objects() or bool(record.applied and record.applied.objects())
     if not applied:
         problems = []
     elif desired.nft and not intact:
         problems.append("nft table inet vpnsplit is damaged (missing map, chain or rule)")
+    # what vpnsplit applied for the tunnel earlier (its record) and its config no longer wants: an old alias, table...
+    leftover = owned.leftovers(record.applied or plan.State(), desired)
+    if leftover.objects():
+        leftover = owned.leftovers(leftover, plan.State(), statedir.applied_elsewhere(tunnel.name))
+    orphans = [str(o) for o in kernel.present(leftover).objects() if str(o) not in stale]
+    fix = f"vpnsplit {'up' if lease else 'down'} {tunnel.name}"
+    problems += [f"orphaned: {o} (vpnsplit applied it for {tunnel.name} earlier; the config no longer wants it; {fix} removes it)"
+                 for o in orphans]
     problems += [f"foreign route in table {tunnel.table}: {f}" for f in foreign]
     problems += _moved(kernel, tunnel, lease)
     if lease and kernel.nl.link_index(tunnel.device) is not None:
@@ -99,13 +107,42 @@ def status(kernel, statedir, tunnel):
         "forwarding6_all": sysctl.all_forwarding6() if ipv6 else None,
         "forwarding6_per_device": sysctl.per_device6() if ipv6 else None,
         "stale": stale,
+        "orphans": orphans,
         "in_sync": not problems,
         "problems": problems,
     }
 
 
+def gone_status(kernel, statedir, name):
+    """A tunnel with a record but no section (removed from the config): what its record says vpnsplit
+    applied and the kernel still holds, the forwarding it switched on; all of it drift until removed."""
+    record = statedir.record(name)
+    held = kernel.present(owned.leftovers(record.applied or plan.State(), plan.State(), statedir.applied_elsewhere(name)))
+    orphans = [str(o) for o in held.objects()]
+    fix = f"vpnsplit down {name} (or vpnsplit up --all)"
+    problems = [f"orphaned: {o} (its section is gone; {fix} removes it)" for o in orphans]
+    problems += [f"orphaned: {sysctl.SWITCH_NAME[v]} on {dev}, switched on for it (its section is gone; {fix} switches it off)"
+                 for v, devs in record.forwarding.items() for dev in sorted(devs)]
+    if record.damage or record.applied is None:
+        problems.append(record.damage or f"its record predates ownership by record and does not say what vpnsplit applied; "
+                        f"{fix} removes the record only")
+    return {"tunnel": name, "state": "gone", "device": record.lease.device if record.lease else None,
+            "applied": owned.describe(record.applied or plan.State()), "orphans": orphans,
+            "forwarding_switched": {sysctl.SWITCH[v]: sorted(devs) for v, devs in record.forwarding.items() if devs},
+            "in_sync": False, "problems": problems or [f"its record is left ({fix} removes it)"], "fix": fix}
+
+
+def describe_gone(r):
+    """A gone tunnel's report for people."""
+    lines = [f"{r['tunnel']}: gone from the config; its record says vpnsplit applied {r['applied']}"]
+    lines += [f"  ORPHAN   {o}" for o in r["orphans"]]
+    lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith("orphaned: ") or "switched on" in p]
+    return "\n".join(lines + [f"  DRIFT: run {r['fix']}"])
+
+
 def _objects(r, absent="MISSING"):
-    return [f"  {'ok     ' if o['present'] else absent}  {o['object']}" for o in r["objects"]] + [f"  STALE    {s}" for s in r["stale"]]
+    return ([f"  {'ok     ' if o['present'] else absent}  {o['object']}" for o in r["objects"]] + [f"  STALE    {s}" for s in r["stale"]]
+            + [f"  ORPHAN   {o}" for o in r.get("orphans", ())])
 
 
 def describe_default(r):
@@ -146,7 +183,7 @@ def describe(r):
     if r["forwarding6_per_device"] is False and not r["forwarding6_all"]:
         lines.append("  IPv6 forwarding (net.ipv6.conf.all.forwarding): off: IPv6 sources are not forwarded; set it to 1 "
                      "(this kernel has no per-device force_forwarding, Linux 6.17+)")
-    lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:"))]
+    lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:", "orphaned:"))]
     # both work whatever the device: up on an absent device applies the down state
     fix = f"vpnsplit {'up' if r['state'] == 'up' else 'down'} {r['tunnel']}"
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run ' + fix}")

@@ -156,8 +156,8 @@ class Watcher:
                 self.kernel.invalidate()
                 self.quiet.in_converge = True
                 try:
-                    targets, default, waiting = heal.targets(self.kernel, self.statedir, self.cfg.tunnels)
-                    changes = engine.converge(self.kernel, self.statedir, targets, default)
+                    targets, default, waiting, gone = heal.targets(self.kernel, self.statedir, self.cfg.tunnels)
+                    changes = engine.converge(self.kernel, self.statedir, targets, default, gone=gone)
                 finally:
                     self.own.add(events.own_port(self.kernel.nl.connect()))
                     self.quiet.in_converge = False

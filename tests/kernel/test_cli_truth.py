@@ -82,7 +82,7 @@ def test_openvpn_positional_arguments_are_validated(tun0):
     # down: logged, never blocking the teardown
     down = tun0.hook("down", "tun0", "-1", "0", "10.8.0.2", "255.255.255.0", "init", env={"dev": "tun0"})
     assert down.returncode == 0 and "argument tun_mtu '-1'" in down.stderr, down.stderr
-    assert "tunnel provider down" in down.stderr and not (tun0.state_dir / "provider.json").exists()
+    assert "tunnel provider down" in down.stderr and not (tun0.state_dir / "provider.addr").exists()
 
 
 def test_empty_local_and_remote_stay_valid(ns):

@@ -112,7 +112,9 @@ def test_down_removes_what_up_added_and_keeps_strict_skeleton(two):
     assert two.snat() == {}
     assert two.guards() == {("10.192.8.1", "tun0"), ("fd10:192::1", "tun0")}  # the alias stays unreachable from the LAN
     assert set(two.addresses("tun0")) == {"10.8.0.2", "fd00:8::1000"} | {a for a in two.addresses("tun0") if a.startswith("fe80")}
-    assert not (two.state_dir / "provider.json").exists() and not (two.state_dir / "provider.addr").exists()
+    # the record stays without a lease: it says what of vpnsplit's is still applied (ownership by record)
+    assert json.loads((two.state_dir / "provider.json").read_text())["lease"] is None
+    assert not (two.state_dir / "provider.addr").exists()
     assert _foreign(after) == _foreign(before)
 
 

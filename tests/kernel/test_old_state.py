@@ -56,16 +56,26 @@ def test_records_of_0_1_converge_and_check_clean(ns):
     assert switches["ipv4/ctr0/forwarding"] == switches["ipv4/tun0/forwarding"] == "1"
     if "ipv6/ctr0/force_forwarding" in switches:  # Linux 6.17+, as where the records were written
         assert switches["ipv6/ctr0/force_forwarding"] == switches["ipv6/tun0/force_forwarding"] == "1"
-        # read as in place: not even rewritten, but for the default VPN's tunnel, whose record now also
-        # holds the src_valid_mark vpnsplit switched on for its DNS redirect (issue 12), with the lease as it was
+        # the leases read as recorded; each record rewritten once, to hold what vpnsplit applied (ownership by
+        # record; 0.1 did not say) and, for the default VPN's tunnel, the src_valid_mark vpnsplit switched on
+        # for its DNS redirect (issue 12)
         new = records(ns.state_dir)
-        assert {k: v for k, v in new.items() if k != "provider.json"} == {k: v for k, v in old.items() if k != "provider.json"}
-        was, now = json.loads(old["provider.json"]), json.loads(new["provider.json"])
-        assert now["src_valid_mark"] == ["tun0"] and now["lease"] == {**was["lease"], "dns": []}, now
-        assert {k: v for k, v in now.items() if k not in ("src_valid_mark", "lease", "when")} == {
-            k: v for k, v in was.items() if k not in ("lease", "when")}
+        assert {k: v for k, v in new.items() if k.endswith(".addr") or k == "default"} == {
+            k: v for k, v in old.items() if k.endswith(".addr") or k == "default"}
+        for name in ("provider", "work"):
+            was, now = json.loads(old[f"{name}.json"]), json.loads(new[f"{name}.json"])
+            assert now["lease"] == {**was["lease"], "dns": []} and now["applied"]["rules"], now
+            assert now["src_valid_mark"] == (["tun0"] if name == "provider" else []), now
+            assert {k: v for k, v in now.items() if k not in ("src_valid_mark", "lease", "when", "applied")} == {
+                k: v for k, v in was.items() if k not in ("lease", "when")}
+        ok(ns.vpnsplit("up", "--all"))
+        assert records(ns.state_dir) == new  # in place: not rewritten again
     ok(ns.vpnsplit("down", "--all"))
-    assert set(records(ns.state_dir)) == {"default"}
+    ok(ns.vpnsplit("check"))
+    # both strict: their fail-closed skeleton stays, and so do the records saying so, without a lease
+    after = records(ns.state_dir)
+    assert set(after) == {"default", "provider.json", "work.json"}, set(after)
+    assert all(json.loads(after[f"{n}.json"])["lease"] is None for n in ("provider", "work"))
 
 
 # -- regenerating the fixture with 0.1's code ----------------------------------------------

@@ -1,0 +1,114 @@
+"""Ownership by record, the pure part: what a record says vpnsplit applied, its JSON form, and the
+plan of what a run removes (the record against the desired state of the run)."""
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from vpnsplit import backstop, config, owned, plan, state
+from vpnsplit.errors import InputError
+from vpnsplit.lease import Lease
+
+OLD_RECORDS = Path(__file__).resolve().parents[1] / "data" / "state_0.1"
+LEASE = Lease(device="tun0", local4=ipaddress.ip_interface("10.8.0.2/24"), local6=ipaddress.ip_interface("fd00:8::2/64"),
+              dns=(ipaddress.ip_address("10.8.0.1"),))
+
+
+def tunnel(**keys):
+    section = {"device": "tun0", "table": 100, "priority": 1000, "alias": "10.192.8.1", "alias6": "fd10:192::1",
+               "sources": ["10.20.1.0/24", "fd20:1::/64"], "lan": ["198.51.100.0/24"], "forward": ["tcp/8080", "all"], **keys}
+    return config.parse({"tunnel": {"p": section}}).tunnels["p"]
+
+
+def test_every_kind_a_tunnel_plans_round_trips_through_the_record():
+    for t, lease in ((tunnel(), LEASE), (tunnel(), None), (tunnel(alias_device="lo", strict=False), LEASE)):
+        applied = plan.plan_up(t, lease) if lease else plan.plan_down(t)
+        kinds = {type(o).__name__ for o in applied.objects()}
+        assert kinds <= set(owned.KINDS), kinds
+        text = json.dumps(owned.to_json(applied))
+        assert owned.from_json(json.loads(text), "x") == applied
+        assert json.dumps(owned.to_json(owned.from_json(json.loads(text), "x"))) == text  # sorted: written the same way
+
+
+@pytest.mark.parametrize("item, why", [
+    ({"kind": "Shell", "cmd": "rm"}, "unknown kind"),
+    ({"kind": "Address", "family": 4, "device": "../../etc", "address": "10.192.8.1"}, "device"),
+    ({"kind": "Address", "family": 4, "device": "lo", "address": 167772161}, "address"),
+    ({"kind": "Address", "family": 4, "device": "lo", "address": "10.192.8.1; drop"}, "address"),
+    ({"kind": "Address", "family": 4, "device": "lo"}, "without address"),
+    ({"kind": "Address", "family": 4, "device": None, "address": "10.192.8.1"}, "device"),
+    ({"kind": "Address", "family": 5, "device": "lo", "address": "10.192.8.1"}, "family"),
+    ({"kind": "Address", "family": 4, "device": "lo", "address": "10.192.8.1", "extra": 1}, "unknown fields"),
+    ({"kind": "Rule", "family": 4, "priority": True, "table": 100, "src": "10.8.0.2/32"}, "priority"),
+    ({"kind": "Route", "family": 4, "table": 100, "dst": "0.0.0.0/0", "type": "blackhole"}, "type"),
+    ("Address", "unknown kind"),
+])
+def test_a_damaged_record_is_refused_naming_the_object(item, why):
+    with pytest.raises(InputError, match=f"state file x: damaged .*{why}.*; fix it"):
+        owned.from_json({"addresses": [item]}, "state file x", "fix it")
+    with pytest.raises(InputError, match="damaged"):
+        owned.from_json({"addresses": item}, "state file x")
+
+
+def test_an_alias_edit_leaves_exactly_the_old_alias_objects():
+    old, new = plan.plan_up(tunnel(alias="10.192.8.5"), LEASE), plan.plan_up(tunnel(), LEASE)
+    left = owned.leftovers(old, new)
+    assert sorted(map(str, left.objects())) == sorted([
+        "rule from 10.192.8.5/32 lookup 100 priority 1001", "address 10.192.8.5/32 on tun0",
+        "backstop: 10.192.8.5 leaves only through tun0", "guard 10.192.8.5 reachable only via tun0",
+        "snat 10.192.8.5 -> 10.8.0.2 out tun0",
+        "dnat 10.8.0.2 tcp/8080 in tun0 -> 10.192.8.5", "dnat 10.8.0.2 all ports in tun0 -> 10.192.8.5"])
+
+
+def test_an_alias_device_edit_leaves_the_old_device_s_address_alone():
+    left = owned.leftovers(plan.plan_up(tunnel(alias_device="lo"), LEASE), plan.plan_up(tunnel(), LEASE))
+    assert left == plan.State(addresses=frozenset({plan.Address(4, "lo", "10.192.8.1"), plan.Address(6, "lo", "fd10:192::1")}))
+
+
+def test_a_table_and_priority_edit_leaves_the_old_table_and_rules():
+    left = owned.leftovers(plan.plan_up(tunnel(), LEASE), plan.plan_up(tunnel(table=102, priority=1200), LEASE))
+    assert owned.tables(left) == [100] and {r.priority for r in left.rules} == {1000, 1001, 1002, 1003}
+    assert left.routes == plan.plan_up(tunnel(), LEASE).routes and not left.addresses and not left.nft
+    assert owned.describe(left) == "table 100, priorities 1000-1003"
+
+
+def test_a_gone_section_leaves_everything_but_what_another_record_claims():
+    applied = plan.plan_up(tunnel(), LEASE)
+    assert owned.leftovers(applied, plan.State()) == applied
+    claimed = plan.State(addresses=frozenset({plan.Address(4, "tun0", "10.192.8.1")}))
+    left = owned.leftovers(applied, plan.State(), claimed)
+    assert left.addresses == applied.addresses - claimed.addresses and left.rules == applied.rules
+    # a strict down record: the skeleton, the backstop confinement included
+    down = plan.plan_down(tunnel())
+    assert backstop.Confine(4, "10.192.8.1", "tun0") in owned.leftovers(down, plan.State()).nft
+    assert owned.leftovers(down, down) == plan.State()
+
+
+def test_records_keep_what_was_applied_up_and_down(tmp_path):
+    statedir = state.StateDir(str(tmp_path))
+    up, down = plan.plan_up(tunnel(), LEASE), plan.plan_down(tunnel())
+    statedir.write("p", LEASE, state.NO_DEVICES, up)
+    record = statedir.record("p")
+    assert (record.lease, record.applied, record.damage) == (LEASE, up, None)
+    statedir.write("p", None, state.NO_DEVICES, down)  # down, strict: the skeleton stays, and its record without a lease
+    record = statedir.record("p")
+    assert (record.lease, record.applied, record.damage) == (None, down, None)
+    assert not (tmp_path / "p.addr").exists() and json.loads((tmp_path / "p.json").read_text())["lease"] is None
+    assert statedir.applied_elsewhere("q") == down and statedir.applied_elsewhere("p") == plan.State()
+
+
+def test_old_records_say_nothing_about_what_was_applied(tmp_path):
+    for path in OLD_RECORDS.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    statedir = state.StateDir(str(tmp_path))
+    for name in ("provider", "work"):
+        record = statedir.record(name)
+        assert record.lease is not None and record.applied is None and record.damage is None
+
+
+def test_a_damaged_applied_field_damages_the_record(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"tunnel": "p", "lease": None, "applied": {"rules": [{"kind": "Rule"}]}}))
+    record = state.StateDir(str(tmp_path)).record("p")
+    assert record.applied is None and "damaged (Rule without" in record.damage and "vpnsplit down p" in record.damage
