@@ -1,0 +1,281 @@
+"""A bridge per tunnel (seed 001's `br-NAME`): its two config keys, and the steps that create,
+address and raise it, and remove it again once its section is gone.
+
+The bridge's subnets are the tunnel's `sources` (config.py merges them), so the rules, SNAT,
+backstop, DNS redirect and forwarding switches of source subnets cover it; this module only
+keeps the device itself in step with the config. It is created at `up --all` (boot), before any
+VPN client runs, and brought up without carrier, so containers can attach at once: their
+traffic fails closed until the tunnel is up. `down` leaves it. The state file `bridges` records,
+per bridge, the tunnel it serves, whether vpnsplit created it and which addresses vpnsplit put
+on it; only a bridge vpnsplit created is ever deleted, and only when no section names it any
+more and nothing is attached to it. A bridge that existed before is used as it is: it gets the
+configured addresses, which go again when its section does.
+
+Idempotency contract of every change here: the step's do() returns True only when it changed
+the kernel (creating an existing bridge, adding a present address or raising an up device
+returns False), and its undo() puts back what do() changed.
+"""
+
+import errno
+import fcntl
+import ipaddress
+import json
+import logging
+import socket
+import struct
+
+from vpnsplit import addresses
+from vpnsplit.errors import InputError
+from vpnsplit.transaction import Step
+
+log = logging.getLogger("vpnsplit")
+# seed 001: br-${name} with 10.20.${id}.1/24; IPv6 the same way when the tunnel carries it
+DEFAULT_ADDRESS = {4: "10.20.{id}.1/24", 6: "fd20:{id}::1/64"}
+RECORD = "bridges"  # in the state directory, beside the tunnels' NAME.json
+IFNAMSIZ = 15
+IFF_UP, SIOCGIFFLAGS = 0x1, 0x8913
+IFA_F_NODAD = 0x02  # the bridge's IPv6 address usable at once, with or without carrier
+
+
+def parse(name, s, where):
+    """(bridge name or None, its addresses as ip_interface values) from a tunnel section *s*.
+
+    `bridge = true` names it br-NAME (which needs `id`, for the default address), a string
+    names it. `bridge_address` (a string or a list, at most one per IP version) defaults to
+    10.20.<id>.1/24, plus fd20:<id>::1/64 when the section says the tunnel carries IPv6
+    (`alias6` or `gateway6`): whether it will is unknown before its first connect.
+    """
+    value = s.get("bridge", False)
+    if value is False:
+        if "bridge_address" in s:
+            raise InputError(f"{where}: bridge_address = {s['bridge_address']!r} needs a bridge (bridge = true or bridge = \"br-...\")")
+        return None, ()
+    if value is True:
+        if "id" not in s:
+            raise InputError(f"{where}: bridge = true needs id = N (its address 10.20.N.1/24 derives from it)")
+        bridge = f"br-{name}"
+    elif isinstance(value, str):
+        bridge = value
+    else:
+        raise InputError(f"{where}: bridge = {value!r} must be true or a device name like \"br-{name}\"")
+    if len(bridge) > IFNAMSIZ:
+        raise InputError(f"{where}: bridge {bridge!r} is {len(bridge)} characters; an interface name has at most {IFNAMSIZ}"
+                         + (": name it yourself, bridge = \"br-...\"" if value is True else ""))
+    addresses.ifname(bridge, f"{where} bridge")
+    if bridge in (s.get("device"), s.get("alias_device")):
+        raise InputError(f"{where}: bridge = {bridge!r} is the tunnel's own device; a bridge needs a name of its own")
+    return bridge, _addresses(s, where)
+
+
+def _addresses(s, where):
+    if "bridge_address" not in s:
+        if "id" not in s:
+            raise InputError(f"{where}: bridge without id needs bridge_address = \"10.20.N.1/24\" (the default derives from id)")
+        carries6 = "alias6" in s or "gateway6" in s
+        values = [DEFAULT_ADDRESS[v].format(id=s["id"]) for v in ((4, 6) if carries6 else (4,))]
+    else:
+        values = s["bridge_address"]
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not values:
+            raise InputError(f"{where}: bridge_address = {s['bridge_address']!r} must be an address with its prefix, "
+                             f"like \"10.20.1.1/24\", or a list of one per IP version")
+    out = []
+    for value in values:
+        label = f"{where} bridge_address"
+        try:
+            iface = ipaddress.ip_interface(value) if isinstance(value, str) and "/" in value else None
+        except ValueError:
+            iface = None
+        if iface is None:
+            raise InputError(f"{label}: {value!r} must be an address with its prefix length, like \"10.20.1.1/24\"")
+        addresses.host_interface(addresses.host_address(str(iface.ip), label), iface.network.prefixlen, label)
+        if iface.network.prefixlen >= iface.max_prefixlen - 1:
+            raise InputError(f"{label}: {value!r} leaves no room for containers; give a subnet like /24 or /64")
+        if any(o.version == iface.version for o in out):
+            raise InputError(f"{where}: bridge_address has two IPv{iface.version} addresses; give one per IP version")
+        out.append(iface)
+    return tuple(out)
+
+
+# -- the kernel -----------------------------------------------------------------------------
+
+
+def _is_up(name):
+    """Whether device *name* is administratively up (one ioctl; no pyroute2)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("256s", name.encode())), 16)[0]
+        except OSError:
+            return False
+    return bool(flags & IFF_UP)
+
+
+def _tolerate(call, codes, *args, **spec):
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        call(*args, **spec)
+    except NetlinkError as e:
+        if e.code in codes:
+            return False
+        raise
+    return True
+
+
+class _Device:
+    """The kernel operations on one bridge, each with the idempotency contract above."""
+
+    def __init__(self, nl, name):
+        self.nl, self.name = nl, name
+
+    def _index(self):
+        index = self.nl.link_index(self.name)
+        if index is None:
+            from vpnsplit.nlrequests import no_device
+
+            raise no_device(self.name)
+        return index
+
+    def create(self):
+        """Create the bridge, down. An existing device of that name: False."""
+        return _tolerate(self.nl.ipr.link, (errno.EEXIST,), "add", ifname=self.name, kind="bridge")
+
+    def delete(self):
+        """Delete the bridge. Already gone: False."""
+        index = self.nl.link_index(self.name)
+        return index is not None and _tolerate(self.nl.ipr.link, (errno.ENODEV,), "del", index=index)
+
+    def set_up(self, up=True):
+        """Bring the bridge up (without carrier it stays NO-CARRIER, addresses and routes in place) or down."""
+        if _is_up(self.name) == up:
+            return False
+        self.nl.ipr.link("set", index=self._index(), state="up" if up else "down")
+        return True
+
+    def _addr(self, cmd, iface, codes):
+        spec = dict(index=self._index(), family=socket.AF_INET if iface.version == 4 else socket.AF_INET6,
+                    address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        if iface.version == 6:
+            spec["flags"] = IFA_F_NODAD
+        return _tolerate(self.nl.ipr.addr, codes, cmd, **spec)
+
+    def add_address(self, iface):
+        """Put *iface* (address/prefix) on the bridge. Already there: False."""
+        return self._addr("add", iface, (errno.EEXIST,))
+
+    def del_address(self, iface):
+        """Take *iface* off the bridge. Already gone, or the bridge is: False."""
+        return self.nl.link_index(self.name) is not None and self._addr("del", iface, (errno.EADDRNOTAVAIL,))
+
+    def has(self, iface):
+        """Whether the bridge carries *iface*'s address (one address dump per run, shared)."""
+        from vpnsplit.plan import Address
+
+        wanted = Address(iface.version, self.name, str(iface.ip))
+        return bool(self.nl.addresses(self.name, {wanted}))
+
+    def ports(self):
+        """The names of the devices attached to the bridge (one link dump)."""
+        index = self.nl.link_index(self.name)
+        return [m.get_attr("IFLA_IFNAME") for m in self.nl.ipr.get_links() if index and m.get_attr("IFLA_MASTER") == index]
+
+    def recreate(self, ifaces):
+        """Undo of a deletion: the bridge again, with *ifaces*, up."""
+        self.create()
+        for iface in ifaces:
+            self.add_address(iface)
+        self.set_up()
+
+
+def _read(statedir):
+    """The record {bridge: {"tunnel", "created", "addresses"}} and its raw bytes (None: absent).
+    A damaged record reads as empty: vpnsplit then deletes no bridge, which is the safe side."""
+    raw = statedir.read_file(RECORD)
+    try:
+        doc = json.loads(raw) if raw is not None else {}
+        if not isinstance(doc, dict) or not all(isinstance(e, dict) for e in doc.values()):
+            raise ValueError("not an object of objects")
+    except (ValueError, RecursionError) as e:
+        log.warning("state file %s: damaged (%s): no bridge is deleted until a run writes it again", RECORD, e)
+        doc = {}
+    return doc, raw
+
+
+def _recorded(entry):
+    out = []
+    for value in entry.get("addresses", []) if isinstance(entry.get("addresses"), list) else []:
+        try:
+            out.append(ipaddress.ip_interface(value))
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def steps(nl, statedir, targets, configured, gone=()):
+    """The steps of one run for the bridges: for each of the *targets* (tunnels) that names one,
+    create it if absent, put on the configured addresses (and take off those vpnsplit added
+    that the config no longer names), raise it; retire (retire()) each recorded bridge whose
+    tunnel is torn down from its record in this run (*gone*, engine.teardown), no longer names
+    it, or is gone from the *configured* tunnels (every one; empty: not known) with no record
+    left (a bridge that stayed because something was attached); then one step recording the
+    result. Refuses (InputError, before any change) a device of the bridge's name that is not a bridge."""
+    doc, raw = _read(statedir)
+    new, out = {k: dict(v) for k, v in doc.items()}, []
+    for tunnel in targets:
+        if not tunnel.bridge:
+            continue
+        dev = _Device(nl, tunnel.bridge)
+        entry = new.setdefault(tunnel.bridge, {"created": False, "addresses": []})
+        entry["tunnel"] = tunnel.name
+        if nl.link_index(dev.name) is None:
+            out.append(Step(f"create bridge {dev.name}", dev.create, dev.delete))
+            entry["created"] = True
+        elif (kind := nl.link_kind(dev.name)) != "bridge":
+            raise InputError(f"tunnel {tunnel.name}: bridge = {dev.name!r}: that device exists and is "
+                             f"{'a ' + kind if kind else 'not a bridge'}; name another or remove it")
+        recorded = _recorded(entry)
+        for iface in tunnel.bridge_addresses:
+            if nl.link_index(dev.name) is None or not dev.has(iface):
+                out.append(Step(f"add address {iface} to bridge {dev.name}", lambda d=dev, i=iface: d.add_address(i),
+                                lambda d=dev, i=iface: d.del_address(i)))
+        for iface in recorded:
+            if iface not in tunnel.bridge_addresses and nl.link_index(dev.name) is not None and dev.has(iface):
+                out.append(Step(f"delete address {iface} from bridge {dev.name} (no longer configured)",
+                                lambda d=dev, i=iface: d.del_address(i), lambda d=dev, i=iface: d.add_address(i)))
+        entry["addresses"] = sorted({str(i) for i in tunnel.bridge_addresses})
+        if nl.link_index(dev.name) is None or not _is_up(dev.name):
+            out.append(Step(f"bring bridge {dev.name} up", dev.set_up, lambda d=dev: d.set_up(False)))
+    sections = {t.name: t.bridge for t in (*configured, *targets)}
+    recorded = set(statedir.names())
+    for bridge, entry in sorted(doc.items()):
+        owner = entry.get("tunnel")
+        if owner in gone or sections.get(owner, bridge) != bridge or configured and owner not in sections and owner not in recorded:
+            out += retire(nl, bridge, new)
+    if new != doc:
+        text = json.dumps(new, indent=2, sort_keys=True) + "\n"
+        out.append(Step("record bridges", lambda: statedir.write_file(RECORD, text) or True,
+                        lambda: statedir.write_file(RECORD, raw)))
+    return out
+
+
+def retire(nl, bridge, record):
+    """The steps that retire *bridge*, whose section is gone, and drop it from *record* (the
+    record being written): one vpnsplit created is deleted, unless something is still attached
+    (then it stays, recorded, until a later run finds it empty); on one it did not create, the
+    addresses vpnsplit put there are taken off and the device stays."""
+    dev, entry = _Device(nl, bridge), record[bridge]
+    ifaces = _recorded(entry)
+    if nl.link_index(bridge) is None:
+        del record[bridge]
+        return []
+    if entry.get("created") is True:
+        ports = dev.ports()
+        if ports:
+            log.info("bridge %s stays: no section names it, but %s %s attached", bridge, ", ".join(ports),
+                     "is" if len(ports) == 1 else "are")
+            return []
+        del record[bridge]
+        return [Step(f"delete bridge {bridge} (its section is gone, nothing attached)", dev.delete, lambda: dev.recreate(ifaces))]
+    del record[bridge]
+    return [Step(f"delete address {i} from bridge {bridge} (its section is gone; vpnsplit did not create the bridge)",
+                 lambda i=i: dev.del_address(i), lambda i=i: dev.add_address(i)) for i in ifaces if dev.has(i)]

@@ -1,0 +1,204 @@
+"""Issue 15 part 1: `bridge = true` — vpnsplit creates br-NAME with its address at `up --all`,
+before any VPN client runs; a container attached to it leaves through the tunnel as the tunnel
+address (IPv4 and IPv6) and fails closed while the tunnel is down; `down` leaves the bridge; a
+config without the section removes a bridge vpnsplit created, never one it did not create.
+
+    ctr (10.20.3.5, fd20:3::5) --veth vctr-- br-vpn (10.20.3.1/24, fd20:3::1/64, created by vpnsplit)
+                                              host --vpn0 (10.8.0.2, fd08::2: the "tunnel", made later)-- far
+                                               |
+                                               +--eth0 (198.51.100.10, 2001:db8:51::10)-- isp
+
+As in test_sources_forward, the internet host (192.0.2.80, 2001:db8:2::80) exists on far and isp;
+a counter on the isp side sees any packet from the bridge's subnets.
+"""
+
+import json
+
+import pytest
+
+from tests.kernel.nslab import PROTO, NetnsLab
+from tests.kernel.test_sources_forward import FAMILIES, received, veth
+
+CONFIG = """
+[tunnel.vpn]
+device   = "vpn0"
+id       = 3
+gateway  = "10.8.0.1"
+gateway6 = "fd08::1"
+bridge   = true
+"""
+TABLE, PRIO = 10003, 10012
+BRIDGE, SUBNETS = "br-vpn", {4: "10.20.3.0/24", 6: "fd20:3::/64"}
+CTR = {4: "10.20.3.5", 6: "fd20:3::5"}
+
+
+@pytest.fixture
+def world(ns, tmp_path):
+    others = {name: NetnsLab(tmp_path / name) for name in ("ctr", "far", "isp")}
+    try:
+        ctr, far, isp = others["ctr"], others["far"], others["isp"]
+        veth(ns, "eth0", ["198.51.100.10/24", "2001:db8:51::10/64"], isp, "eth0", ["198.51.100.1/24", "2001:db8:51::1/64"])
+        ns.ip("route", "add", "default", "via", "198.51.100.1")
+        ns.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
+        for side in (far, isp):
+            side.ip("addr", "add", "192.0.2.80/32", "dev", "lo")
+            side.ip("addr", "add", "2001:db8:2::80/128", "dev", "lo")
+        isp.ip("route", "add", "10.20.3.0/24", "via", "198.51.100.10")
+        isp.ip("-6", "route", "add", "fd20:3::/64", "via", "2001:db8:51::10")
+        ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
+        isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
+                " ip saddr 10.20.3.0/24 counter\n ip6 saddr fd20:3::/64 counter\n }\n}\n")
+        ns.write_config(CONFIG)
+        yield ns, ctr, far, isp
+    finally:
+        for other in others.values():
+            other.close()
+
+
+def leaked(isp):
+    rules = json.loads(isp.exec("nft", "-j", "list", "chain", "inet", "count", "c", check=True).stdout)["nftables"]
+    return sum(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+
+
+def link(ns, dev):
+    """`ip -d -j link show DEV` of the namespace, or None if there is no such device."""
+    proc = ns.exec("ip", "-d", "-j", "link", "show", dev)
+    return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+
+
+def attach(ns, ctr, bridge=BRIDGE, dev="vctr"):
+    """A container: a veth from its namespace whose host end is a port of *bridge*."""
+    veth(ns, dev, [], ctr, "eth0", ["10.20.3.5/24", "fd20:3::5/64"])
+    ns.ip("link", "set", dev, "master", bridge)
+    ctr.ip("route", "add", "default", "via", "10.20.3.1")
+    ctr.ip("-6", "route", "add", "default", "via", "fd20:3::1")
+
+
+def addresses(ns, dev):
+    """The global addresses on *dev* (the kernel adds an IPv6 link-local one to a bridge by itself)."""
+    return [a for a in ns.addresses(dev) if not a.startswith("fe80:")]
+
+
+def connect_tunnel(ns, far):
+    veth(ns, "vpn0", ["10.8.0.2/24", "fd08::2/64"], far, "eth0", ["10.8.0.1/24", "fd08::1/64"])
+
+
+def recorded(ns):
+    return json.loads((ns.state_dir / "bridges").read_text())
+
+
+def test_bridge_created_at_boot_carries_a_container_through_the_tunnel_and_fails_closed(world):
+    ns, ctr, far, isp = world
+    # at boot, before any VPN client: the bridge exists, addressed, up without carrier
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0, proc.stderr
+    br = link(ns, BRIDGE)
+    assert br and br["linkinfo"]["info_kind"] == "bridge", br
+    assert "UP" in br["flags"]  # a bridge without ports: NO-CARRIER on older kernels, which changes nothing here
+    assert addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"]
+    assert recorded(ns) == {BRIDGE: {"tunnel": "vpn", "created": True, "addresses": ["10.20.3.1/24", "fd20:3::1/64"]}}
+    for fam in (4, 6):
+        assert (PRIO + 3, SUBNETS[fam], TABLE, PROTO) in ns.rules(TABLE, fam)
+    # a container attaches before the tunnel exists: refused at once, nothing on the isp link
+    attach(ns, ctr)
+    for fam in (4, 6):
+        assert ctr.send(FAMILIES[fam].internet, 5000) in ("sent", "EHOSTUNREACH", "ENETUNREACH")
+    assert leaked(isp) == 0
+    # the tunnel comes up: the container reaches the internet host through it, as the tunnel address
+    connect_tunnel(ns, far)
+    proc = ns.vpnsplit("up", "vpn")
+    assert proc.returncode == 0, proc.stderr
+    for fam in (4, 6):
+        f = FAMILIES[fam]
+        assert received(far, f.internet, 5001, ctr) == ("sent", f"{f.tunnel} hello"), fam
+        assert received(far, f.internet, 5002, ctr, "tcp") == ("sent", f"{f.tunnel} hello"), fam
+    assert leaked(isp) == 0
+    # down: the bridge stays, addressed, with its port; the container's traffic fails closed
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert link(ns, "vctr")["master"] == BRIDGE and addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"]
+    for fam in (4, 6):
+        for _ in range(3):
+            ctr.send(FAMILIES[fam].internet, 5003)
+    assert leaked(isp) == 0
+    # control: without vpnsplit's source rules and backstop the same datagrams do reach the isp
+    for fam in (4, 6):
+        ns.ip(f"-{fam}", "rule", "del", "priority", str(PRIO + 3))
+    ns.exec("nft", "flush", "chain", "inet", "vpnsplit", "backstop", check=True)
+    for opt in ("net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"):
+        ns.exec("sysctl", "-qw", opt, check=True)
+    for fam in (4, 6):
+        ctr.send(FAMILIES[fam].internet, 5003)
+    assert leaked(isp) >= 2
+
+
+def test_up_all_again_changes_nothing_and_puts_back_a_removed_address(world):
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "--all").returncode == 0
+    before = ns.dump()
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0 and "already in place" in proc.stderr, proc.stderr
+    assert ns.dump() == before
+    ns.ip("addr", "del", "10.20.3.1/24", "dev", BRIDGE)
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0 and "add address 10.20.3.1/24 to bridge br-vpn" in proc.stderr, proc.stderr
+    assert addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"]
+
+
+OTHER = """
+[tunnel.other]
+device = "tun7"
+id     = 7
+bridge = "br-mine"
+"""
+UNRELATED = '[tunnel.keep]\ndevice = "tun9"\nid = 9\n'
+
+
+def test_a_removed_section_removes_only_the_bridge_vpnsplit_created_once_nothing_is_attached(world):
+    ns, ctr, far, isp = world
+    ns.ip("link", "add", "br-mine", "type", "bridge")  # the admin's bridge, named by section other
+    ns.write_config(CONFIG + OTHER + UNRELATED)
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert addresses(ns, "br-mine") == ["10.20.7.1"]
+    assert {b: e["created"] for b, e in recorded(ns).items()} == {BRIDGE: True, "br-mine": False}
+    # both sections removed while a container is attached to br-vpn: it stays (and stays recorded)
+    attach(ns, ctr)
+    ns.write_config(UNRELATED)
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert "bridge br-vpn stays: no section names it, but vctr is attached" in proc.stderr
+    assert link(ns, BRIDGE) is not None and list(recorded(ns)) == [BRIDGE]
+    # the admin's bridge stays, without the address vpnsplit put on it
+    assert link(ns, "br-mine") is not None and addresses(ns, "br-mine") == []
+    # detached: the next run removes the bridge vpnsplit created, and forgets it
+    ns.ip("link", "del", "vctr")
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 0 and "delete bridge br-vpn" in proc.stderr, proc.stderr
+    assert link(ns, BRIDGE) is None and link(ns, "br-mine") is not None
+    assert recorded(ns) == {}
+
+
+def test_a_device_of_the_bridges_name_that_is_no_bridge_is_refused(world):
+    ns, ctr, far, isp = world
+    ns.ip("link", "add", BRIDGE, "type", "veth", "peer", "name", "brpeer")
+    before = ns.dump()
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 2 and "bridge = 'br-vpn': that device exists and is a veth" in proc.stderr, proc.stderr
+    assert ns.dump() == before
+
+
+def test_up_of_a_connected_tunnel_creates_the_bridge_and_forwards_through_it_in_the_same_run(world):
+    """The bridge's forwarding switch is planned before the bridge exists (this run creates it)."""
+    ns, ctr, far, isp = world
+    connect_tunnel(ns, far)
+    proc = ns.vpnsplit("up", "vpn")
+    assert proc.returncode == 0, proc.stderr
+    assert "create bridge br-vpn" in proc.stderr and "enable IPv4 forwarding on br-vpn" in proc.stderr, proc.stderr
+    assert json.loads((ns.state_dir / "vpn.json").read_text())["forwarding"] == ["br-vpn", "vpn0"]
+    attach(ns, ctr)
+    for fam in (4, 6):
+        f = FAMILIES[fam]
+        assert received(far, f.internet, 5004, ctr) == ("sent", f"{f.tunnel} hello"), fam
+    # down switches the bridge's forwarding back off and leaves the bridge
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    assert ns.forwarding()["ipv4/br-vpn/forwarding"] == "0" and link(ns, BRIDGE) is not None
