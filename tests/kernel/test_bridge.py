@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from tests.kernel.nslab import PROTO, NetnsLab
+from tests.kernel.nslab import PROTO, NetnsLab, run
 from tests.kernel.test_sources_forward import FAMILIES, received, veth
 
 CONFIG = """
@@ -202,3 +202,52 @@ def test_up_of_a_connected_tunnel_creates_the_bridge_and_forwards_through_it_in_
     # down switches the bridge's forwarding back off and leaves the bridge
     assert ns.vpnsplit("down", "vpn").returncode == 0
     assert ns.forwarding()["ipv4/br-vpn/forwarding"] == "0" and link(ns, BRIDGE) is not None
+
+
+# Docker's filter table as dockerd (20.10-27) sets it up, with its own bridge docker0 and no container:
+# FORWARD's policy DROP; only docker0's traffic is accepted, DOCKER-USER is the admin's chain, evaluated first
+DOCKER_FILTER = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+"""
+# what README's Docker section tells the admin to add (iptables and ip6tables alike)
+DOCKER_USER = ["-I DOCKER-USER -i br-vpn -o vpn0 -j ACCEPT",
+               "-I DOCKER-USER -i vpn0 -o br-vpn -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+
+
+def test_with_dockers_forward_policy_the_bridge_needs_the_docker_user_rules(world):
+    """Docker's FORWARD policy DROP (iptables-nft, a base chain of its own) drops the bridge's traffic
+    into the tunnel whatever vpnsplit's table accepts; the two DOCKER-USER rules of the README let it through."""
+    ns, ctr, far, isp = world
+    connect_tunnel(ns, far)
+    assert ns.vpnsplit("up", "--all").returncode == 0
+    attach(ns, ctr)
+    run(["ip", "netns", "exec", ns.name, "iptables-nft-restore"], input=DOCKER_FILTER, check=True)
+    run(["ip", "netns", "exec", ns.name, "ip6tables-nft-restore"], input=DOCKER_FILTER, check=True)
+    for fam in (4, 6):
+        f = FAMILIES[fam]
+        assert received(far, f.internet, 5005, ctr, "tcp") == ("timeout", "nothing"), fam
+    for rule in DOCKER_USER:
+        ns.exec("iptables-nft", *rule.split(), check=True)
+        ns.exec("ip6tables-nft", *rule.split(), check=True)
+    for fam in (4, 6):
+        f = FAMILIES[fam]
+        assert received(far, f.internet, 5006, ctr, "tcp") == ("sent", f"{f.tunnel} hello"), fam
+    assert leaked(isp) == 0
