@@ -79,6 +79,15 @@ def addresses(ns, dev):
     return [a for a in ns.addresses(dev) if not a.startswith("fe80:")]
 
 
+def steady(ns):
+    """ns.dump() without what the kernel adds by itself, at its own pace, once a bridge is up: its IPv6
+    link-local address and that address's route (after duplicate address detection)."""
+    dump = ns.dump()
+    dump["routes"] = [r for r in dump["routes"] if not str(r.get("RTA_DST", "")).startswith("fe80:")]
+    dump["addresses"] = [a for a in dump["addresses"] if not str(a[1]).startswith("fe80:")]
+    return dump
+
+
 def connect_tunnel(ns, far):
     veth(ns, "vpn0", ["10.8.0.2/24", "fd08::2/64"], far, "eth0", ["10.8.0.1/24", "fd08::1/64"])
 
@@ -134,10 +143,10 @@ def test_bridge_created_at_boot_carries_a_container_through_the_tunnel_and_fails
 def test_up_all_again_changes_nothing_and_puts_back_a_removed_address(world):
     ns, ctr, far, isp = world
     assert ns.vpnsplit("up", "--all").returncode == 0
-    before = ns.dump()
+    before = steady(ns)
     proc = ns.vpnsplit("up", "--all")
     assert proc.returncode == 0 and "already in place" in proc.stderr, proc.stderr
-    assert ns.dump() == before
+    assert steady(ns) == before
     ns.ip("addr", "del", "10.20.3.1/24", "dev", BRIDGE)
     proc = ns.vpnsplit("up", "--all")
     assert proc.returncode == 0 and "add address 10.20.3.1/24 to bridge br-vpn" in proc.stderr, proc.stderr
@@ -251,3 +260,17 @@ def test_with_dockers_forward_policy_the_bridge_needs_the_docker_user_rules(worl
         f = FAMILIES[fam]
         assert received(far, f.internet, 5006, ctr, "tcp") == ("sent", f"{f.tunnel} hello"), fam
     assert leaked(isp) == 0
+
+
+def test_down_of_a_gone_section_tears_its_bridge_down_with_its_record(world):
+    """Ownership by record: `vpnsplit down NAME` for a section no longer in the config removes what its
+    record says vpnsplit applied, and the bridge vpnsplit created for it; another tunnel's bridge stays."""
+    ns, ctr, far, isp = world
+    ns.write_config(CONFIG + UNRELATED.replace("id = 9", "id = 9\nbridge = true"))
+    assert ns.vpnsplit("up", "--all").returncode == 0
+    assert link(ns, BRIDGE) is not None and link(ns, "br-keep") is not None
+    ns.write_config(UNRELATED.replace("id = 9", "id = 9\nbridge = true"))
+    proc = ns.vpnsplit("down", "vpn")
+    assert proc.returncode == 0 and "delete bridge br-vpn" in proc.stderr, proc.stderr
+    assert link(ns, BRIDGE) is None and not [r for r in ns.rules() if r[2] == TABLE]
+    assert link(ns, "br-keep") is not None and list(recorded(ns)) == ["br-keep"]
