@@ -274,3 +274,22 @@ def test_down_of_a_gone_section_tears_its_bridge_down_with_its_record(world):
     assert proc.returncode == 0 and "delete bridge br-vpn" in proc.stderr, proc.stderr
     assert link(ns, BRIDGE) is None and not [r for r in ns.rules() if r[2] == TABLE]
     assert link(ns, "br-keep") is not None and list(recorded(ns)) == ["br-keep"]
+
+
+def test_the_watcher_puts_back_a_deleted_bridge_and_its_address(world):
+    """A deleted bridge takes its addresses along: their removal wakes the watcher, whose converge re-creates it."""
+    from tests.kernel.watcher import Watcher
+
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "--all").returncode == 0
+    w = Watcher(ns)
+    try:
+        w.settle()
+        ns.ip("addr", "del", "10.20.3.1/24", "dev", BRIDGE)
+        w.settle()
+        assert addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"], w.log()
+        ns.ip("link", "del", BRIDGE)
+        w.settle()
+        assert link(ns, BRIDGE) is not None and addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"], w.log()
+    finally:
+        w.stop()
