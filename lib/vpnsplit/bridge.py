@@ -1,5 +1,5 @@
-"""A bridge per tunnel (seed 001's `br-NAME`): its two config keys, and the steps that create,
-address and raise it, and remove it again once its section is gone.
+"""A bridge per tunnel (seed 001's `br-NAME`): the steps that create, address and raise it, and
+remove it again once its section is gone; its state for `status` and `check`.
 
 The bridge's subnets are the tunnel's `sources` (config.py merges them), so the rules, SNAT,
 backstop, DNS redirect and forwarding switches of source subnets cover it; this module only
@@ -7,8 +7,8 @@ keeps the device itself in step with the config. It is created at `up --all` (bo
 VPN client runs, and brought up without carrier, so containers can attach at once: their
 traffic fails closed until the tunnel is up. `down` leaves it. The state file `bridges` records,
 per bridge, the tunnel it serves, whether vpnsplit created it and which addresses vpnsplit put
-on it; only a bridge vpnsplit created is ever deleted, and only when no section names it any
-more and nothing is attached to it. A bridge that existed before is used as it is: it gets the
+on it; only a bridge vpnsplit created is ever deleted, and only when its section is gone (its
+tunnel torn down from its record) or names another, and nothing is attached to it. A bridge that existed before is used as it is: it gets the
 configured addresses, which go again when its section does.
 
 Idempotency contract of every change here: the step's do() returns True only when it changed
@@ -24,80 +24,13 @@ import logging
 import socket
 import struct
 
-from vpnsplit import addresses
 from vpnsplit.errors import InputError
 from vpnsplit.transaction import Step
 
 log = logging.getLogger("vpnsplit")
-# seed 001: br-${name} with 10.20.${id}.1/24; IPv6 the same way when the tunnel carries it
-DEFAULT_ADDRESS = {4: "10.20.{id}.1/24", 6: "fd20:{id}::1/64"}
 RECORD = "bridges"  # in the state directory, beside the tunnels' NAME.json
-IFNAMSIZ = 15
 IFF_UP, SIOCGIFFLAGS = 0x1, 0x8913
 IFA_F_NODAD = 0x02  # the bridge's IPv6 address usable at once, with or without carrier
-
-
-def parse(name, s, where):
-    """(bridge name or None, its addresses as ip_interface values) from a tunnel section *s*.
-
-    `bridge = true` names it br-NAME (which needs `id`, for the default address), a string
-    names it. `bridge_address` (a string or a list, at most one per IP version) defaults to
-    10.20.<id>.1/24, plus fd20:<id>::1/64 when the section says the tunnel carries IPv6
-    (`alias6` or `gateway6`): whether it will is unknown before its first connect.
-    """
-    value = s.get("bridge", False)
-    if value is False:
-        if "bridge_address" in s:
-            raise InputError(f"{where}: bridge_address = {s['bridge_address']!r} needs a bridge (bridge = true or bridge = \"br-...\")")
-        return None, ()
-    if value is True:
-        if "id" not in s:
-            raise InputError(f"{where}: bridge = true needs id = N (its address 10.20.N.1/24 derives from it)")
-        bridge = f"br-{name}"
-    elif isinstance(value, str):
-        bridge = value
-    else:
-        raise InputError(f"{where}: bridge = {value!r} must be true or a device name like \"br-{name}\"")
-    if len(bridge) > IFNAMSIZ:
-        raise InputError(f"{where}: bridge {bridge!r} is {len(bridge)} characters; an interface name has at most {IFNAMSIZ}"
-                         + (": name it yourself, bridge = \"br-...\"" if value is True else ""))
-    addresses.ifname(bridge, f"{where} bridge")
-    if bridge in (s.get("device"), s.get("alias_device")):
-        raise InputError(f"{where}: bridge = {bridge!r} is the tunnel's own device; a bridge needs a name of its own")
-    return bridge, _addresses(s, where)
-
-
-def _addresses(s, where):
-    if "bridge_address" not in s:
-        if "id" not in s:
-            raise InputError(f"{where}: bridge without id needs bridge_address = \"10.20.N.1/24\" (the default derives from id)")
-        carries6 = "alias6" in s or "gateway6" in s
-        values = [DEFAULT_ADDRESS[v].format(id=s["id"]) for v in ((4, 6) if carries6 else (4,))]
-    else:
-        values = s["bridge_address"]
-        values = [values] if isinstance(values, str) else values
-        if not isinstance(values, list) or not values:
-            raise InputError(f"{where}: bridge_address = {s['bridge_address']!r} must be an address with its prefix, "
-                             f"like \"10.20.1.1/24\", or a list of one per IP version")
-    out = []
-    for value in values:
-        label = f"{where} bridge_address"
-        try:
-            iface = ipaddress.ip_interface(value) if isinstance(value, str) and "/" in value else None
-        except ValueError:
-            iface = None
-        if iface is None:
-            raise InputError(f"{label}: {value!r} must be an address with its prefix length, like \"10.20.1.1/24\"")
-        addresses.host_interface(addresses.host_address(str(iface.ip), label), iface.network.prefixlen, label)
-        if iface.network.prefixlen >= iface.max_prefixlen - 1:
-            raise InputError(f"{label}: {value!r} leaves no room for containers; give a subnet like /24 or /64")
-        if any(o.version == iface.version for o in out):
-            raise InputError(f"{where}: bridge_address has two IPv{iface.version} addresses; give one per IP version")
-        out.append(iface)
-    return tuple(out)
-
-
-# -- the kernel -----------------------------------------------------------------------------
 
 
 def _is_up(name):
@@ -279,3 +212,19 @@ def retire(nl, bridge, record):
     del record[bridge]
     return [Step(f"delete address {i} from bridge {bridge} (its section is gone; vpnsplit did not create the bridge)",
                  lambda i=i: dev.del_address(i), lambda i=i: dev.add_address(i)) for i in ifaces if dev.has(i)]
+
+
+def report(nl, statedir, tunnel):
+    """(*tunnel*'s bridge as `status --json` shows it, problems for `check`); (None, []) without one."""
+    if not tunnel.bridge:
+        return None, []
+    dev, fix = _Device(nl, tunnel.bridge), f"vpnsplit up {tunnel.name} puts it back"
+    present = nl.link_index(dev.name) is not None
+    have = [i for i in tunnel.bridge_addresses if present and dev.has(i)]
+    up = present and _is_up(dev.name)
+    problems = [] if present else [f"bridge {dev.name} does not exist ({fix})"]
+    problems += [f"bridge {dev.name} lacks its address {i} ({fix})" for i in tunnel.bridge_addresses if present and i not in have]
+    problems += [f"bridge {dev.name} is down ({fix})"] if present and not up else []
+    created = _read(statedir)[0].get(dev.name, {}).get("created") is True
+    return {"name": dev.name, "present": present, "up": up, "created_by_vpnsplit": created,
+            "addresses": [str(i) for i in have], "ports": dev.ports() if present else []}, problems

@@ -12,7 +12,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses, bridge, dns
+from vpnsplit import addresses, bridgeconf, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -66,7 +66,7 @@ class Tunnel(NamedTuple):
     dns: tuple = ()
     # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
     server_names: tuple = ()
-    # the bridge vpnsplit keeps for this tunnel (bridge.py) and its addresses; their subnets are among the sources
+    # the bridge vpnsplit keeps for this tunnel (bridgeconf.py, bridge.py) and its addresses; their subnets are among the sources
     bridge: str | None = None
     bridge_addresses: tuple = ()
 
@@ -217,7 +217,7 @@ def _tunnel(name, s, where):
             f"{SWEPT_PRIORITIES.start}-{SWEPT_PRIORITIES.stop - 1}, which OpenWrt's pbr deletes on reload; choose another"
         )
     alias_device = s.get("alias_device")
-    bridge_name, bridge_addresses = bridge.parse(name, s, where)
+    bridge_name, bridge_addresses = bridgeconf.parse(name, s, where)
     sources = _networks(s, "sources", where)
     sources += tuple(i.network for i in bridge_addresses if i.network not in sources)
     lan = _networks(s, "lan", where)

@@ -140,14 +140,21 @@ def test_bridge_created_at_boot_carries_a_container_through_the_tunnel_and_fails
     assert leaked(isp) >= 2
 
 
-def test_up_all_again_changes_nothing_and_puts_back_a_removed_address(world):
+def test_up_all_again_changes_nothing_check_sees_a_removed_address_and_up_puts_it_back(world):
     ns, ctr, far, isp = world
     assert ns.vpnsplit("up", "--all").returncode == 0
     before = steady(ns)
     proc = ns.vpnsplit("up", "--all")
     assert proc.returncode == 0 and "already in place" in proc.stderr, proc.stderr
     assert steady(ns) == before
+    report = json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"][0]["bridge"]
+    assert report == {"name": BRIDGE, "present": True, "up": True, "created_by_vpnsplit": True,
+                      "addresses": ["10.20.3.1/24", "fd20:3::1/64"], "ports": []}
+    assert "  bridge br-vpn: up, 10.20.3.1/24 fd20:3::1/64, no ports, created by vpnsplit" in ns.vpnsplit("status").stdout
+    assert ns.vpnsplit("check").returncode == 0
     ns.ip("addr", "del", "10.20.3.1/24", "dev", BRIDGE)
+    proc = ns.vpnsplit("check")
+    assert proc.returncode == 3 and "bridge br-vpn lacks its address 10.20.3.1/24 (vpnsplit up vpn puts it back)" in proc.stderr
     proc = ns.vpnsplit("up", "--all")
     assert proc.returncode == 0 and "add address 10.20.3.1/24 to bridge br-vpn" in proc.stderr, proc.stderr
     assert addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"]
