@@ -16,17 +16,11 @@ import json
 
 import pytest
 
-from tests.kernel.nslab import PROTO, NetnsLab, run
-from tests.kernel.test_sources_forward import FAMILIES, received, veth
+from tests.kernel.nslab import PROTO, run
+from tests.kernel.test_default_vpn import CONFIG as VPN
+from tests.kernel.test_sources_forward import FAMILIES, internet, leaked, neighbours, received, veth
 
-CONFIG = """
-[tunnel.vpn]
-device   = "vpn0"
-id       = 3
-gateway  = "10.8.0.1"
-gateway6 = "fd08::1"
-bridge   = true
-"""
+CONFIG = VPN + "bridge   = true\n"
 TABLE, PRIO = 10003, 10012
 BRIDGE, SUBNETS = "br-vpn", {4: "10.20.3.0/24", 6: "fd20:3::/64"}
 CTR = {4: "10.20.3.5", 6: "fd20:3::5"}
@@ -34,30 +28,10 @@ CTR = {4: "10.20.3.5", 6: "fd20:3::5"}
 
 @pytest.fixture
 def world(ns, tmp_path):
-    others = {name: NetnsLab(tmp_path / name) for name in ("ctr", "far", "isp")}
-    try:
-        ctr, far, isp = others["ctr"], others["far"], others["isp"]
-        veth(ns, "eth0", ["198.51.100.10/24", "2001:db8:51::10/64"], isp, "eth0", ["198.51.100.1/24", "2001:db8:51::1/64"])
-        ns.ip("route", "add", "default", "via", "198.51.100.1")
-        ns.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
-        for side in (far, isp):
-            side.ip("addr", "add", "192.0.2.80/32", "dev", "lo")
-            side.ip("addr", "add", "2001:db8:2::80/128", "dev", "lo")
-        isp.ip("route", "add", "10.20.3.0/24", "via", "198.51.100.10")
-        isp.ip("-6", "route", "add", "fd20:3::/64", "via", "2001:db8:51::10")
-        ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
-        isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
-                " ip saddr 10.20.3.0/24 counter\n ip6 saddr fd20:3::/64 counter\n }\n}\n")
+    with neighbours(tmp_path) as (ctr, far, isp):
+        internet(ns, far, isp, ("10.20.3.0/24", "fd20:3::/64"), ("10.20.3.0/24", "fd20:3::/64"))
         ns.write_config(CONFIG)
         yield ns, ctr, far, isp
-    finally:
-        for other in others.values():
-            other.close()
-
-
-def leaked(isp):
-    rules = json.loads(isp.exec("nft", "-j", "list", "chain", "inet", "count", "c", check=True).stdout)["nftables"]
-    return sum(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
 
 
 def link(ns, dev):
