@@ -17,7 +17,7 @@ UNITS       := systemd/vpnsplit.service systemd/vpnsplit-watch.service systemd/v
 # clients the lab drives, and the tools tests use to look at packets.
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
-                util-linux mount git make systemd dnsmasq-base bind9-dnsutils iptables
+                util-linux mount git make systemd dnsmasq-base bind9-dnsutils iptables systemd-container
 # what `make deb` builds with, and what `make fresh` builds and boots root file systems with
 BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
 FRESH_PACKAGES := mmdebstrap systemd-container
