@@ -144,6 +144,32 @@ def _recorded(entry):
     return out
 
 
+def _ensure(nl, tunnel, entry):
+    """The steps that bring *tunnel*'s bridge in line with the config, updating its record *entry*.
+    An existing device's kind is asked (a pyroute2 request) only when something is to change."""
+    dev, out = _Device(nl, tunnel.bridge), []
+    existed = nl.link_index(dev.name) is not None
+    entry["tunnel"] = tunnel.name
+    if not existed:
+        out.append(Step(f"create bridge {dev.name}", dev.create, dev.delete))
+        entry["created"] = True
+    for iface in tunnel.bridge_addresses:
+        if not existed or not dev.has(iface):
+            out.append(Step(f"add address {iface} to bridge {dev.name}", lambda i=iface: dev.add_address(i),
+                            lambda i=iface: dev.del_address(i)))
+    for iface in _recorded(entry):
+        if iface not in tunnel.bridge_addresses and existed and dev.has(iface):
+            out.append(Step(f"delete address {iface} from bridge {dev.name} (no longer configured)",
+                            lambda i=iface: dev.del_address(i), lambda i=iface: dev.add_address(i)))
+    entry["addresses"] = sorted({str(i) for i in tunnel.bridge_addresses})
+    if not existed or not _is_up(dev.name):
+        out.append(Step(f"bring bridge {dev.name} up", dev.set_up, lambda: dev.set_up(False)))
+    if existed and out and (kind := nl.link_kind(dev.name)) != "bridge":
+        raise InputError(f"tunnel {tunnel.name}: bridge = {dev.name!r}: that device exists and is "
+                         f"{'a ' + kind if kind else 'not a bridge'}; name another or remove it")
+    return out
+
+
 def steps(nl, statedir, targets, configured, gone=()):
     """The steps of one run for the bridges: for each of the *targets* (tunnels) that names one,
     create it if absent, put on the configured addresses (and take off those vpnsplit added
@@ -155,29 +181,9 @@ def steps(nl, statedir, targets, configured, gone=()):
     doc, raw = _read(statedir)
     new, out = {k: dict(v) for k, v in doc.items()}, []
     for tunnel in targets:
-        if not tunnel.bridge:
-            continue
-        dev = _Device(nl, tunnel.bridge)
-        entry = new.setdefault(tunnel.bridge, {"created": False, "addresses": []})
-        entry["tunnel"] = tunnel.name
-        if nl.link_index(dev.name) is None:
-            out.append(Step(f"create bridge {dev.name}", dev.create, dev.delete))
-            entry["created"] = True
-        elif (kind := nl.link_kind(dev.name)) != "bridge":
-            raise InputError(f"tunnel {tunnel.name}: bridge = {dev.name!r}: that device exists and is "
-                             f"{'a ' + kind if kind else 'not a bridge'}; name another or remove it")
-        recorded = _recorded(entry)
-        for iface in tunnel.bridge_addresses:
-            if nl.link_index(dev.name) is None or not dev.has(iface):
-                out.append(Step(f"add address {iface} to bridge {dev.name}", lambda d=dev, i=iface: d.add_address(i),
-                                lambda d=dev, i=iface: d.del_address(i)))
-        for iface in recorded:
-            if iface not in tunnel.bridge_addresses and nl.link_index(dev.name) is not None and dev.has(iface):
-                out.append(Step(f"delete address {iface} from bridge {dev.name} (no longer configured)",
-                                lambda d=dev, i=iface: d.del_address(i), lambda d=dev, i=iface: d.add_address(i)))
-        entry["addresses"] = sorted({str(i) for i in tunnel.bridge_addresses})
-        if nl.link_index(dev.name) is None or not _is_up(dev.name):
-            out.append(Step(f"bring bridge {dev.name} up", dev.set_up, lambda d=dev: d.set_up(False)))
+        if tunnel.bridge:
+            entry = new.setdefault(tunnel.bridge, {"created": False, "addresses": []})
+            out += _ensure(nl, tunnel, entry)
     sections = {t.name: t.bridge for t in (*configured, *targets)}
     recorded = set(statedir.names())
     for bridge, entry in sorted(doc.items()):
