@@ -76,6 +76,9 @@ def teardown(kernel, statedir, names, tunnels=()):
 
     Something else a tunnel may own (a device vpnsplit created, say) is recorded beside `forwarding`
     in its record and removed by a step added where converge handles *gone*, before the record's removal.
+    The tunnel's bridge is the exception: bridge.steps gets *gone*, and its record is the state file
+    `bridges`, because a bridge with containers attached outlives the tunnel's record (and a tunnel
+    that is down without strict has no record at all).
     """
     return converge(kernel, statedir, [], None, tunnels, gone=names)
 
