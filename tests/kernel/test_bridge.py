@@ -274,3 +274,14 @@ def test_the_watcher_puts_back_a_deleted_bridge_and_its_address(world):
         assert link(ns, BRIDGE) is not None and addresses(ns, BRIDGE) == ["10.20.3.1", "fd20:3::1"], w.log()
     finally:
         w.stop()
+
+
+def test_a_failed_run_takes_the_bridge_it_created_back_out(world):
+    """Steps carry their undo: the run fails at its last bridge step (the record cannot be written: a
+    directory is in its place) and rolls back whole, the bridge it created included."""
+    ns, ctr, far, isp = world
+    (ns.state_dir / "bridges").mkdir(parents=True)
+    before = steady(ns)
+    proc = ns.vpnsplit("up", "--all")
+    assert proc.returncode == 1 and "'record bridges' failed" in proc.stderr and "rolled back" in proc.stderr, proc.stderr
+    assert link(ns, BRIDGE) is None and steady(ns) == before
