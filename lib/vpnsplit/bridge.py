@@ -25,12 +25,12 @@ import socket
 import struct
 
 from vpnsplit.errors import InputError
+from vpnsplit.nlrequests import IFA_F_NODAD, no_device, tolerate
 from vpnsplit.transaction import Step
 
 log = logging.getLogger("vpnsplit")
 RECORD = "bridges"  # in the state directory, beside the tunnels' NAME.json
 IFF_UP, SIOCGIFFLAGS = 0x1, 0x8913
-IFA_F_NODAD = 0x02  # the bridge's IPv6 address usable at once, with or without carrier
 
 
 def _is_up(name):
@@ -43,18 +43,6 @@ def _is_up(name):
     return bool(flags & IFF_UP)
 
 
-def _tolerate(call, codes, *args, **spec):
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        call(*args, **spec)
-    except NetlinkError as e:
-        if e.code in codes:
-            return False
-        raise
-    return True
-
-
 class _Device:
     """The kernel operations on one bridge, each with the idempotency contract above."""
 
@@ -64,19 +52,17 @@ class _Device:
     def _index(self):
         index = self.nl.link_index(self.name)
         if index is None:
-            from vpnsplit.nlrequests import no_device
-
             raise no_device(self.name)
         return index
 
     def create(self):
         """Create the bridge, down. An existing device of that name: False."""
-        return _tolerate(self.nl.ipr.link, (errno.EEXIST,), "add", ifname=self.name, kind="bridge")
+        return tolerate(self.nl.ipr.link, "add", (errno.EEXIST,), ifname=self.name, kind="bridge")
 
     def delete(self):
         """Delete the bridge. Already gone: False."""
         index = self.nl.link_index(self.name)
-        return index is not None and _tolerate(self.nl.ipr.link, (errno.ENODEV,), "del", index=index)
+        return index is not None and tolerate(self.nl.ipr.link, "del", (errno.ENODEV,), index=index)
 
     def set_up(self, up=True):
         """Bring the bridge up (without carrier it stays NO-CARRIER, addresses and routes in place) or down."""
@@ -89,8 +75,8 @@ class _Device:
         spec = dict(index=self._index(), family=socket.AF_INET if iface.version == 4 else socket.AF_INET6,
                     address=str(iface.ip), prefixlen=iface.network.prefixlen)
         if iface.version == 6:
-            spec["flags"] = IFA_F_NODAD
-        return _tolerate(self.nl.ipr.addr, codes, cmd, **spec)
+            spec["flags"] = IFA_F_NODAD  # usable at once, with or without carrier
+        return tolerate(self.nl.ipr.addr, cmd, codes, **spec)
 
     def add_address(self, iface):
         """Put *iface* (address/prefix) on the bridge. Already there: False."""
