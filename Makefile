@@ -14,10 +14,10 @@ HOOKS       := up down wg-up wg-down
 UNITS       := systemd/vpnsplit.service systemd/vpnsplit-watch.service systemd/vpnsplit-default@.service
 
 # Debian packages: the nftables binding (only Debian's matches its libnftables), the VPN
-# clients the lab drives, and the tools tests use to look at packets.
+# clients the lab drives, the tools tests use to look at packets, and systemd-nspawn (a container on a bridge).
 APT_PACKAGES := iproute2 nftables python3-nftables python3-venv python3-pip openvpn \
                 wireguard-tools wireguard-go tcpdump iperf3 openssl socat procps iputils-ping \
-                util-linux mount git make systemd dnsmasq-base bind9-dnsutils iptables
+                util-linux mount git make systemd dnsmasq-base bind9-dnsutils iptables systemd-container
 # what `make deb` builds with, and what `make fresh` builds and boots root file systems with
 BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
 FRESH_PACKAGES := mmdebstrap systemd-container

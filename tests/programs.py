@@ -58,6 +58,10 @@ def heads(argv):
             while rest and isinstance(rest[0], str) and rest[0].startswith("-"):
                 rest = rest[1:]
             argv = rest[1:]
+        elif name == "nsenter":  # options in their --opt=VALUE form (an f-string one too)
+            while rest and (not isinstance(rest[0], str) or rest[0].startswith("-")):
+                rest = rest[1:]
+            argv = rest
         elif name == "unshare":
             while rest and isinstance(rest[0], str) and rest[0].startswith("-"):
                 rest = rest[2:] if rest[0] in _UNSHARE_VALUED else rest[1:]

@@ -12,7 +12,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses, dns
+from vpnsplit import addresses, bridgeconf, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -66,6 +66,9 @@ class Tunnel(NamedTuple):
     dns: tuple = ()
     # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
     server_names: tuple = ()
+    # the bridge vpnsplit keeps for this tunnel (bridgeconf.py, bridge.py) and its addresses; their subnets are among the sources
+    bridge: str | None = None
+    bridge_addresses: tuple = ()
 
     @property
     def alias_dev(self):
@@ -176,7 +179,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers", "dns"}
+         "default", "servers", "dns", "bridge", "bridge_address"}
 
 
 def _tunnel(name, s, where):
@@ -214,7 +217,9 @@ def _tunnel(name, s, where):
             f"{SWEPT_PRIORITIES.start}-{SWEPT_PRIORITIES.stop - 1}, which OpenWrt's pbr deletes on reload; choose another"
         )
     alias_device = s.get("alias_device")
+    bridge_name, bridge_addresses = bridgeconf.parse(name, s, where)
     sources = _networks(s, "sources", where)
+    sources += tuple(i.network for i in bridge_addresses if i.network not in sources)
     lan = _networks(s, "lan", where)
     if lan and not sources:
         raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources, and there are none")
@@ -242,6 +247,8 @@ def _tunnel(name, s, where):
         id=s.get("id"),
         dns=dns.from_config(s.get("dns", []), where),
         server_names=tuple(a for a in servers if addresses.is_host_name(a)),
+        bridge=bridge_name,
+        bridge_addresses=bridge_addresses,
     )
 
 
@@ -275,7 +282,7 @@ def _check_clashes(tunnels, path):
     """Two tunnels may never share a device, table, alias or rule priority."""
     seen = {}
     for t in tunnels.values():
-        claims = [("device", t.device), ("table", t.table)]
+        claims = [("device", d) for d in (t.device, t.bridge) if d] + [("table", t.table)]
         claims += [("alias", a) for a in (t.alias, t.alias6) if a is not None]
         claims += [("priority", p) for p in t.priorities]
         claims += [("source subnet", n) for n in t.sources]

@@ -14,7 +14,7 @@ a tunnel from its record alone, its config section gone.
 import logging
 import socket
 
-from vpnsplit import default_vpn, owned, plan, refusals, sysctl, transaction
+from vpnsplit import bridge, default_vpn, owned, plan, refusals, sysctl, transaction
 from vpnsplit.config import Tunnel
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
@@ -76,6 +76,9 @@ def teardown(kernel, statedir, names, tunnels=()):
 
     Something else a tunnel may own (a device vpnsplit created, say) is recorded beside `forwarding`
     in its record and removed by a step added where converge handles *gone*, before the record's removal.
+    The tunnel's bridge is the exception: bridge.steps gets *gone*, and its record is the state file
+    `bridges`, because a bridge with containers attached outlives the tunnel's record (and a tunnel
+    that is down without strict has no record at all).
     """
     return converge(kernel, statedir, [], None, tunnels, gone=names)
 
@@ -140,7 +143,9 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
     if left.objects():  # the other records are read only then: a run with nothing left over reads none
         claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
         current |= kernel.present(owned.leftovers(left, plan.State(), claimed))
-    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bookkeeping
+    # the bridges after the rules that make their subnets fail closed, before forwarding is switched on
+    bridges = bridge.steps(kernel.nl, statedir, [t for t, _ in targets], tunnels, gone)
+    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bridges + bookkeeping
     try:
         changes = transaction.run(steps)
     finally:

@@ -128,7 +128,9 @@ class Kernel:
 
     def source_devices(self, tunnel, version):
         """The devices the source subnets of IP *version* are connected to (bridges, veths), where known."""
-        found = (self.nl.connected_device(net) for net in tunnel.sources if net.version == version)
+        found = {self.nl.connected_device(net) for net in tunnel.sources if net.version == version}
+        # the tunnel's bridge even before its address (this very run) connects its subnet
+        found.update(tunnel.bridge for i in tunnel.bridge_addresses if i.version == version)
         return sorted({dev for dev in found if dev and dev != tunnel.device})
 
 

@@ -212,6 +212,18 @@ class StateDir:
             else:
                 _write(self._file(record.name, ext), data)
 
+    def read_file(self, name):
+        """The bytes of the state file *name* (not a tunnel's record: bridge.RECORD); None if absent or unusable."""
+        try:
+            return _read(os.path.join(self.path, name))
+        except OSError:
+            return None
+
+    def write_file(self, name, data):
+        """Write the state file *name* atomically (None: remove it)."""
+        path = os.path.join(self.path, name)
+        _unlink(path) if data is None else _write(path, data)
+
     def default_choice(self):
         """The tunnel chosen by `vpnsplit default NAME`: a name, "" after --off, None if never chosen."""
         if self._choice is None:

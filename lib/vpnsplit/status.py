@@ -1,7 +1,7 @@
 """`vpnsplit status` and `check`: what should be in the kernel according to the records, what
 is, and the difference, per tunnel and for the default VPN; and its text for people."""
 
-from vpnsplit import default_vpn, dns, owned, plan, sysctl
+from vpnsplit import bridge, default_vpn, dns, owned, plan, sysctl
 from vpnsplit.errors import InputError
 
 
@@ -82,6 +82,8 @@ def status(kernel, statedir, tunnel):
                  f"net.ipv6.conf.all.forwarding = 0 resets it)"
                  for v, devs in switched.items() for dev in sorted(devs) if sysctl.switch(dev, v) is False]
     ipv6 = 6 in versions
+    bridged, trouble = bridge.report(kernel.nl, statedir, tunnel)
+    problems += trouble if applied else []
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -92,6 +94,7 @@ def status(kernel, statedir, tunnel):
         "alias6": None if tunnel.alias6 is None else str(tunnel.alias6),
         "alias_device": tunnel.alias_dev,
         "strict": tunnel.strict,
+        "bridge": bridged,
         # the resolvers DNS from the sources (and, for the default VPN, the host) is redirected to
         "dns": [str(a) for a in dns.resolvers(tunnel, lease)],
         "dns_from": "vpn" if lease and lease.dns else ("config" if tunnel.dns else None),
@@ -168,6 +171,11 @@ def describe(r):
     if r["state"] == "not applied":
         lines.append(f"  not applied yet: nothing of vpnsplit's for {r['tunnel']} is in the kernel; the VPN's connect, "
                      f"vpnsplit up {r['tunnel']} or vpnsplit up --all applies it")
+    if r["bridge"]:
+        b = r["bridge"]
+        state = ("up" if b["up"] else "DOWN") + (f", {' '.join(b['addresses'])}" if b["addresses"] else "") if b["present"] else "ABSENT"
+        ports = f"ports {' '.join(b['ports'])}" if b["ports"] else "no ports"
+        lines.append(f"  bridge {b['name']}: {state}, {ports}{', created by vpnsplit' if b['created_by_vpnsplit'] else ''}")
     if r["dns"]:
         lines.append(f"  dns: {' '.join(r['dns'])} ({'pushed by the VPN' if r['dns_from'] == 'vpn' else 'dns key'})")
     lines += _objects(r, "absent " if r["state"] == "not applied" else "MISSING")

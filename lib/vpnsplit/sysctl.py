@@ -141,7 +141,8 @@ def switch_steps(kernel, switched_before, tunnel, lease, is_default=False, claim
         switched[version] = (was | others) & need
         what = SWITCH_NAME[version]
         for dev in sorted(need):
-            if switch(dev, version) is False:
+            # the tunnel's bridge may be created by this very run (bridge.py), with the switch of the defaults
+            if switch(dev, version) is False or dev == tunnel.bridge and switch(dev, version) is None:
                 ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: set_switch(d, v, True),
                                 lambda d=dev, v=version: set_switch(d, v, False)))
                 switched[version].add(dev)

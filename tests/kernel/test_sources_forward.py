@@ -12,6 +12,7 @@ end sees, and the counter on the isp side, tell which way a packet went. The hos
 strict reverse-path filter (IPv4 only: IPv6 has none).
 """
 
+import contextlib
 import json
 import types
 
@@ -66,33 +67,46 @@ def set_ipv6_forwarding(ns, on):
     ns.exec("sysctl", "-qw", f"net.ipv6.conf.all.forwarding={int(on)}", check=True)
 
 
+def internet(ns, far, isp, routed, counted):
+    """The host's uplink eth0 to the isp (default routes, the strict reverse-path filter), the internet host
+    on far and isp, the isp's routes back to the *routed* subnets, and its counter (leaked()) of packets
+    to the internet host from the *counted* sources: (IPv4 ones, IPv6 ones) as nft set elements."""
+    veth(ns, "eth0", ["198.51.100.10/24", "2001:db8:51::10/64"], isp, "eth0", ["198.51.100.1/24", "2001:db8:51::1/64"])
+    ns.ip("route", "add", "default", "via", "198.51.100.1")
+    ns.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
+    for side in (far, isp):
+        side.ip("addr", "add", "192.0.2.80/32", "dev", "lo")
+        side.ip("addr", "add", "2001:db8:2::80/128", "dev", "lo")
+    for net in routed:
+        isp.ip("-6" if ":" in net else "-4", "route", "add", net, "via", "2001:db8:51::10" if ":" in net else "198.51.100.10")
+    ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
+    isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
+            f" ip saddr {{ {counted[0]} }} ip daddr 192.0.2.80 counter\n"
+            f" ip6 saddr {{ {counted[1]} }} ip6 daddr 2001:db8:2::80 counter\n }}\n}}\n")
+
+
+@contextlib.contextmanager
+def neighbours(tmp_path):
+    """The namespaces around the host: (ctr, far, isp), deleted on exit."""
+    others = [NetnsLab(tmp_path / name) for name in ("ctr", "far", "isp")]
+    try:
+        yield others
+    finally:
+        for other in others:
+            other.close()
+
+
 @pytest.fixture
 def world(ns, tmp_path):
-    others = {name: NetnsLab(tmp_path / name) for name in ("ctr", "far", "isp")}
-    try:
-        ctr, far, isp = others["ctr"], others["far"], others["isp"]
+    with neighbours(tmp_path) as (ctr, far, isp):
         veth(ns, "ctr0", ["10.20.1.1/24", "fd20:1::1/64"], ctr, "eth0", ["10.20.1.5/24", "fd20:1::5/64"])
         veth(ns, "vpn0", ["10.8.0.2/24", "fd08::2/64"], far, "eth0", ["10.8.0.1/24", "fd08::1/64"])
-        veth(ns, "eth0", ["198.51.100.10/24", "2001:db8:51::10/64"], isp, "eth0", ["198.51.100.1/24", "2001:db8:51::1/64"])
         ctr.ip("route", "add", "default", "via", "10.20.1.1")
         ctr.ip("-6", "route", "add", "default", "via", "fd20:1::1")
-        ns.ip("route", "add", "default", "via", "198.51.100.1")
-        ns.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
-        for side in (far, isp):
-            side.ip("addr", "add", "192.0.2.80/32", "dev", "lo")
-            side.ip("addr", "add", "2001:db8:2::80/128", "dev", "lo")
-        isp.ip("route", "add", "10.20.1.0/24", "via", "198.51.100.10")
-        isp.ip("-6", "route", "add", "fd20:1::/64", "via", "2001:db8:51::10")
-        ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", check=True)
+        internet(ns, far, isp, ("10.20.1.0/24", "fd20:1::/64"), ("10.20.1.0/24, 10.192.8.1", "fd20:1::/64, fd10:192:8::1"))
         # IPv6 forwarding stays off host-wide (all.forwarding = 0): vpnsplit switches force_forwarding per device
-        isp.nft("table inet count {\n chain c {\n type filter hook prerouting priority 0;\n"
-                " ip saddr { 10.20.1.0/24, 10.192.8.1 } ip daddr 192.0.2.80 counter\n"
-                " ip6 saddr { fd20:1::/64, fd10:192:8::1 } ip6 daddr 2001:db8:2::80 counter\n }\n}\n")
         ns.write_config(CONFIG)
         yield ns, ctr, far, isp
-    finally:
-        for other in others.values():
-            other.close()
 
 
 def leaked(isp):

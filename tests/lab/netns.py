@@ -130,6 +130,15 @@ class Network:
         self.ip("ctr", "route", "add", "default", "via", CONTAINER_GW)
         self.ip("ctr", "-6", "route", "add", "default", "via", CONTAINER_GW6)
 
+    def attach_container(self, bridge, addr, addr6, gateway, gateway6):
+        """A `ctr` namespace attached to *bridge* on the host: a veth whose host end (vctr) is a port of
+        the bridge, *addr*/24 and *addr6*/64 on the container's end, default routes via the gateways."""
+        self._namespace("ctr")
+        self._veth("host", "vctr", "ctr", "eth0", f"{addr}/24", f"{addr6}/64")
+        self.ip("host", "link", "set", "vctr", "master", bridge, "up")
+        self.ip("ctr", "route", "add", "default", "via", gateway)
+        self.ip("ctr", "-6", "route", "add", "default", "via", gateway6)
+
     def _namespace(self, role):
         self.ns[role] = f"{self.prefix}-{role}"
         run(["ip", "netns", "add", self.ns[role]])
