@@ -20,7 +20,8 @@ from tests.lab.checks import PLAIN
 from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
 from tests.lab.lab import PROBE_PORT
 from tests.lab.netns import SERVER, TARGET
-from tests.lab.resolvers import ISP_RESOLVER, LAN_RESOLVER, SERVER_NAME, ResolvConf, start_all
+from tests.lab.resolvers import ISP_RESOLVER, LAN_RESOLVER, SERVER_NAME
+from tests.test_lab_dns import dnslab  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.lab
 
@@ -98,16 +99,6 @@ def test_openvpn_default_vpn_with_its_mark_connects_at_boot_and_reconnects(lab):
 
 
 # -- VPN servers by host name ---------------------------------------------------------------------
-@pytest.fixture
-def named(lab):  # noqa: F811
-    """The lab with its three resolvers; the host's libc asks the one a test points it at."""
-    conf = ResolvConf(lab)
-    try:
-        yield lab, start_all(lab), conf
-    finally:
-        conf.remove()
-
-
 def server_name_queries(resolvers):
     return {name: len(r.queries(SERVER_NAME)) for name, r in resolvers.items()}
 
@@ -149,13 +140,13 @@ def first_answer(lab):
 
 @pytest.mark.parametrize("resolver", [LAN_RESOLVER, ISP_RESOLVER], ids=["lan-resolver", "off-lan-resolver"])
 @pytest.mark.parametrize("kind", [OpenVPNByName, WireGuardByName], ids=["openvpn", "wireguard"])
-def test_a_server_given_by_host_name_connects_at_boot_and_reconnects(named, kind, resolver):
+def test_a_server_given_by_host_name_connects_at_boot_and_reconnects(dnslab, kind, resolver):  # noqa: F811
     """`remote vpn.vpnsplit.test` / `Endpoint = vpn.vpnsplit.test:51820` with that name in `servers`,
     the kill switch on from `vpnsplit up --all`: the client's lookup leaves (to the LAN's resolver,
     on-link, or to the ISP's, off the LAN: rule 31992 and the names chain), from the uplink address,
     it connects, and again after a reconnect that resolves the name anew. (That no other name leaves
     so: tests/kernel/test_backstop.py.)"""
-    lab, resolvers, conf = named
+    lab, resolvers, conf = dnslab  # the lab with its three resolvers; the host asks the one *resolver* names
     vpn = kind(lab)
     conf.point("host", resolver)
     checks.start_listeners(lab)
