@@ -296,12 +296,9 @@ def entries(contents):
     for fam in (4, 6):
         sources = {_net(e) for e in contents.get(f"confine_src{fam}", [])}
         device = {}
-        listed = [(elem, isinstance(elem["concat"][0], str)) for elem in contents.get(f"confine_host{fam}", [])]
-        listed += [(elem, not isinstance(elem["concat"][0], str)) for elem in contents.get(f"confine_out{fam}", [])]
-        for elem, right_set in listed:
+        hosts = [e for e in contents.get(f"confine_host{fam}", []) if isinstance(e["concat"][0], str)]
+        for elem in hosts + [e for e in contents.get(f"confine_out{fam}", []) if not isinstance(e["concat"][0], str)]:
             source, dev = elem["concat"]
-            if not right_set:
-                continue
             device[_net(source)] = dev
             if _net(source) in sources:
                 out.add(Confine(fam, _net(source), dev))
