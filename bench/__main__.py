@@ -1,4 +1,4 @@
-"""`make bench`: run benchmarks 1-6 in throw-away namespaces; write bench/results.json and BENCHMARKS.md.
+"""`make bench`: run benchmarks 1 and 3-9 (2 is measured with 1) in throw-away namespaces; write bench/results.json and BENCHMARKS.md.
 
     .venv/bin/python -m bench [--quick] [--only 1,3] [--no-write]
 
@@ -117,8 +117,18 @@ def goals(r):
         t, c = d["throughput with / without the backstop"], d["conn/s with / without the backstop"]
         out.append({"n": 8, "goal": "throughput and new connections/s with the backstop >= 97% of without",
                     "measured": f"throughput {100 * t:.0f}%, conn/s {100 * c:.0f}% "
-                                f"(from CPU per connection: {100 * d['CPU per connection without / with the backstop']:.0f}%)",
-                    "ok": t >= 0.97 and c >= 0.97})
+                                f"(from CPU per connection: {100 * d['CPU per connection without / with the backstop']:.0f}%; "
+                                f"per 64-byte datagram: {100 * d['CPU per datagram without / with the backstop']:.0f}%, "
+                                f"+{d['ns of CPU per datagram the backstop adds']:.0f} ns)",
+                    "ok": t >= 0.97 and c >= 0.97,
+                    "why": "every packet the host sends meets at least one rule and one set lookup (an alias or tunnel "
+                           "address in the hash set confine_host4, then accept): ~0.5 µs of CPU per packet here, where one "
+                           "nft rule alone costs ~0.2 µs, of a ~5.5 µs minimal send. The interval sets (pipapo, whose AVX2 "
+                           "path saves the sender's FPU state) are asked only for a confined source that missed the hash "
+                           "set: the layout before cost +1.1 µs per datagram in the same A/B. Less would mean not checking "
+                           "every packet (`ct state established accept` first), which lets an established connection "
+                           "leave in the clear after a rule sweep. The connection and stream figures swing ±10% with the "
+                           "load of this shared 2-CPU machine"})
     return out
 
 
@@ -148,8 +158,8 @@ def main():
                                        budget=40 if q else 240),
         "6_watch": lambda: watch.run(n=6 if q else 50),
         "7_dns": lambda: dnslat.run(queries=200 if q else 1000, budget=60 if q else 300),
-        "8_backstop": lambda: backstop.run(runs=2 if q else 7, conn_runs=2 if q else 11, seconds=2 if q else 3,
-                                           conn_seconds=0.5 if q else 1, budget=40 if q else 200),
+        "8_backstop": lambda: backstop.run(runs=2 if q else 7, conn_runs=2 if q else 15, send_runs=2 if q else 21, seconds=2 if q else 3,
+                                           conn_seconds=0.5 if q else 1, budget=40 if q else 300),
         "9_debian": lambda: debian.run(runs=4 if q else 20, budget=30 if q else 120),
     }
     wanted = {p.strip() for p in args.only.split(",")}

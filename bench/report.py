@@ -74,7 +74,17 @@ def _dns(d):
     return {"block": d["block"], "dns_table": "\n".join(rows), "dns_derived": derived(d, 3), "dns_commands": commands(d["commands"])}
 
 
-PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns}
+def _backstop(b):
+    lines = b["checks"]["backstop chain lines listed"]
+    return {"rules_with": lines["backstop"], "rules_without": lines["without"], "conn_seconds": b["conn_seconds"],
+            "backstop_throughput_table": table(b["throughput"], "Gbit/s", digits=2),
+            "backstop_connections_table": table(b["connections"], "conn/s", digits=0),
+            "backstop_cpu_table": table(b["cpu_per_connection"], "CPU µs", digits=2),
+            "backstop_datagram_table": table(b["cpu_per_datagram"], "CPU ns", digits=0),
+            "backstop_derived": derived(b, 3), "backstop_commands": commands(b["commands"])}
+
+
+PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns, "8_backstop": _backstop}
 
 
 def _debian(d):

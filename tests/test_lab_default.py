@@ -23,7 +23,8 @@ import pytest
 from tests.lab import checks
 from tests.lab.checks import PLAIN, Check
 from tests.lab.fixtures import lab, pki  # noqa: F401  (pytest fixtures)
-from tests.lab.netns import SERVER
+from tests.lab.netns import SERVER, TARGET
+from tests.test_lab_wireguard import WG_ADDR, WG_ALIAS, wg_tunnel
 
 pytestmark = pytest.mark.lab
 
@@ -154,3 +155,38 @@ def test_default_vpn_with_a_real_client(lab, kind):  # noqa: F811
     # the host's own path again, and the control: the same counters do see its plain traffic
     checks.assert_ok(in_the_clear(lab, lambda: [c for p in PLAIN.values() for c in checks.lan_checks(lab, host=p.host)],
                                   control=True), lab)
+
+
+SECOND_SERVER = "203.0.113.3"  # the other tunnel's server: no rule 32002 of the default VPN covers it
+
+
+def test_another_tunnels_server_is_not_routed_into_the_default_vpn(lab):  # noqa: F811
+    """Issue 11: another tunnel's VPN server was routed into the default tunnel, so that tunnel died
+    with it. Here a WireGuard tunnel (FwMark = CLIENT_MARK, configs/wireguard/wg0.conf) talks to a
+    server the default VPN (OpenVPN) knows nothing of; its alias reaches the internet through it
+    while the default tunnel is up, still once that is down (kill switch on), and after its own
+    restart then (a first handshake, before wireguard-go knows its source address: rule 32001's
+    `from <uplink>` cannot help it). Control: without rule 31990 (CLIENT_MARK -> main) that
+    restart's handshake meets the kill switch and the tunnel dies with the default."""
+    lab.ip("vpn", "addr", "add", f"{SECOND_SERVER}/24", "dev", "eth0")
+    wg, _ = lab.wireguard_pair(endpoint_host=SECOND_SERVER)
+    lab.write_vpnsplit_config(provider=dict(device="tun0", table=100, priority=1000, default=True),
+                              wg=wg_tunnel(wg.ifname))
+    checks.start_listeners(lab)
+    lab.vpnsplit("up", "--all")
+    lab.openvpn_server("subnet")
+    ovpn = lab.openvpn_client("client.conf")
+    wg.up()
+    assert not any(SECOND_SERVER in line for line in lab.rules().splitlines() if line.startswith("32002:")), lab.rules()
+    checks.assert_ok(checks.seen_from(lab, WG_ALIAS, WG_ADDR, protos=("udp",)), lab)
+    ovpn.stop()
+    checks.assert_ok(checks.seen_from(lab, WG_ALIAS, WG_ADDR, protos=("udp",)), lab)
+
+    def restarted():
+        wg.down()
+        wg.up()
+        return lab.whoami(WG_ALIAS, TARGET, "udp", timeout=2.0)
+
+    assert restarted() == WG_ADDR, lab.diagnostics()
+    lab.ip("host", "rule", "del", "priority", "31990")
+    assert restarted() != WG_ADDR and "31990:" not in lab.rules(), "control: the tunnel kept working without rule 31990"

@@ -4,6 +4,8 @@ example configs in configs/openvpn/, checked by packets that arrived.
 Run one alone:  .venv/bin/python -m pytest tests/test_lab_openvpn.py -k subnet -v
 """
 
+import time
+
 import pytest
 
 from tests.lab import checks
@@ -73,3 +75,21 @@ def test_ipv6(lab, mode, example, device):  # noqa: F811
 
     client.stop()
     checks.assert_ok(checks.fail_closed_checks(lab, ALIAS6), lab)
+
+
+def test_ifconfig_noexec_is_refused_and_nothing_applied(lab):  # noqa: F811
+    """Issue 11, devices: with OpenVPN's `ifconfig-noexec` the device carries no address, and SNAT to
+    the lease's would send from an address on no interface. The up hook refuses (naming the cause),
+    OpenVPN stops on the failed hook, and vpnsplit applied nothing for the tunnel (strict = false, so
+    not even the fail-closed skeleton: the kernel holds what it held before the client started)."""
+    lab.write_vpnsplit_config(provider=provider(strict=False))
+    lab.openvpn_server("subnet")
+    before = (lab.rules(), lab.rules(family="-6"), lab.nft_ruleset())
+    client = lab.openvpn_client("client.conf", options=["--ifconfig-noexec"], wait=False)
+    deadline = time.monotonic() + 20
+    while client.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = client.log()
+    assert not client.running and client.ready_count() == 0, log
+    assert "does not carry" in log and "ifconfig-noexec" in log, log
+    assert (lab.rules(), lab.rules(family="-6"), lab.nft_ruleset()) == before, lab.diagnostics()

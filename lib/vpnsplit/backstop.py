@@ -6,17 +6,23 @@ One filter chain on postrouting at priority 90: source NAT runs at 99/100, so it
 the original source, and it sees forwarded `sources` as well as the host's own packets.
 
     set confine_src4 { type ipv4_addr; flags interval }                 # alias, tunnel address, source subnet ...
-    set confine_out4 { type ipv4_addr . ifname; flags interval }        # ... leaves only through its tunnel,
+    set confine_host4 { type ipv4_addr . ifname }                       # ... leaves only through its tunnel (a host),
+    set confine_out4 { type ipv4_addr . ifname; flags interval }        # ... (a subnet)
     set confine_to4 { type ipv4_addr . ipv4_addr; flags interval }      # ... or to its own subnet and `lan`
     set direct4 { type ipv4_addr; flags interval }                      # the default VPN's LAN (main's routes)
     (the same for IPv6)
     chain backstop { type filter hook postrouting priority 90;
+        ip saddr . oifname @confine_host4 accept   # the usual packet: an alias or tunnel address, out its tunnel
         oifname "lo" accept
-        <link scope: multicast, link-local, ND/MLD> accept
+        ip saddr @confine_src4 jump confine4       # any other from a confined source
+        jump link_scope
+        jump killswitch }
+    chain confine4 {
         ip saddr . oifname @confine_out4 accept
         ip saddr . ip daddr @confine_to4 accept
-        ip saddr @confine_src4 drop
-        jump killswitch }
+        jump link_scope
+        drop }
+    chain link_scope { <multicast, link-local, broadcast, ND/MLD> accept }
     chain client_names { type route hook output priority -151;   # the VPN servers' names (KillSwitch.names)
         udp dport 53 @th,160,128 <vpn.example.com on the wire> meta mark set meta mark | 0x20000000 }
     chain killswitch {                   # empty unless the default VPN is on with strict (KillSwitch)
@@ -28,22 +34,23 @@ the original source, and it sees forwarded `sources` as well as the host's own p
         ip daddr @direct4 accept
         drop }
 
+Why this shape (BENCHMARKS.md part 8): a lookup in a set of concatenated intervals (pipapo) costs
+far more than any other rule here (measured ~0.6 us per packet: its AVX2 path saves and restores
+the sender's FPU state), so the hosts, which are most packets, sit in a hash set, and the interval
+sets are asked only for a confined source that missed it: an unconfined packet never meets them.
+
 Entries are NamedTuples like plan's; nat.py stores them (`elements`) and reads them back (`entries`).
 """
 
 import ipaddress
 from typing import NamedTuple
 
-# The VPN clients' own packets (WireGuard FwMark, OpenVPN --mark): rule CLIENT_PRIORITY sends them
-# to main and the kill switch lets them out, whatever the server address.
-CLIENT_MARK = 0x20000000
-CLIENT_PRIORITY = 31990
-# conntrack and packet mark of replies of connections that arrived from outside (plan.ReplyMark)
-REPLY_MARK = 0x10000000
-PRIORITY = 90
-CHAIN, KILLSWITCH, CLIENT_NAMES = "backstop", "killswitch", "client_names"
-# before the DNS redirect's marking (mangle, -150): a server name query keeps only the clients' mark
-CLIENT_NAMES_PRIORITY = -151
+# CLIENT_MARK: the VPN clients' own packets (WireGuard FwMark, OpenVPN --mark): rule 31990 sends
+# them to main and the kill switch lets them out, whatever the server address
+from vpnsplit.marks import CLIENT_MARK, REPLY_MARK
+
+CHAIN, KILLSWITCH, CLIENT_NAMES, LINK_SCOPE = "backstop", "killswitch", "client_names", "link_scope"
+CONFINE = {4: "confine4", 6: "confine6"}
 PROTO = {4: "ip", 6: "ip6"}  # nft's payload protocol of each IP version (nftkinds.NFPROTO)
 ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 
@@ -148,6 +155,7 @@ def sets():
     out = {}
     for fam in (4, 6):
         out[f"confine_src{fam}"] = (ADDR[fam], ["interval"])
+        out[f"confine_host{fam}"] = ([ADDR[fam], "ifname"], None)
         out[f"confine_out{fam}"] = ([ADDR[fam], "ifname"], ["interval"])
         out[f"confine_to{fam}"] = ([ADDR[fam], ADDR[fam]], ["interval"])
         out[f"direct{fam}"] = (ADDR[fam], ["interval"])
@@ -189,23 +197,28 @@ def _marked(key, mark):
     return _is({"&": [key, mark]}, 0, "!=")
 
 
-def chain_rules():
-    """The backstop chain's rules (fixed: what varies lives in the sets and the kill switch chain)."""
-    rules = [
-        [_is(_OIF, "lo"), {"accept": None}],
-        # link scope never leaves the link: neighbour discovery, MLD, link-local, multicast, broadcast
+def chains():
+    """The backstop's fixed chains, name -> rules, in the order they must be created (a chain before
+    the rules that jump to it). What varies lives in the sets and the kill switch chain."""
+    out = {LINK_SCOPE: [  # link scope never leaves the link: neighbour discovery, MLD, link-local, multicast, broadcast
         [_is(_payload("ip", "daddr"), _nets("224.0.0.0/4", "255.255.255.255/32")), {"accept": None}],
         [_is(_payload("ip6", "daddr"), _nets("fe80::/10", "ff00::/8")), {"accept": None}],
         [_is(_payload("icmpv6", "type"), {"set": _ND}), {"accept": None}],
-    ]
+    ]}
+    # the usual packet first, so that it meets one rule: a host (alias, tunnel address) out its tunnel
+    main = [[_is({"concat": [_payload(PROTO[fam], "saddr"), _OIF]}, f"@confine_host{fam}"), {"accept": None}] for fam in (4, 6)]
+    main.append([_is(_OIF, "lo"), {"accept": None}])
     for fam in (4, 6):
         saddr, daddr = _payload(PROTO[fam], "saddr"), _payload(PROTO[fam], "daddr")
-        rules += [
+        out[CONFINE[fam]] = [
             [_is({"concat": [saddr, _OIF]}, f"@confine_out{fam}"), {"accept": None}],
             [_is({"concat": [saddr, daddr]}, f"@confine_to{fam}"), {"accept": None}],
-            [_is(saddr, f"@confine_src{fam}"), {"drop": None}],
+            [{"jump": {"target": LINK_SCOPE}}],
+            [{"drop": None}],
         ]
-    return rules + [[{"jump": {"target": KILLSWITCH}}]]
+        main.append([_is(saddr, f"@confine_src{fam}"), {"jump": {"target": CONFINE[fam]}}])
+    out[CHAIN] = main + [[{"jump": {"target": LINK_SCOPE}}], [{"jump": {"target": KILLSWITCH}}]]
+    return out
 
 
 def killswitch_rules(device):
@@ -267,8 +280,9 @@ def killswitch_from(rules, comments):
 def elements(entry):
     """The (set name, element) pairs that stand for one Confine, Reach or Direct."""
     if isinstance(entry, Confine):
-        return [(f"confine_src{entry.family}", _key(entry.source)),
-                (f"confine_out{entry.family}", {"concat": [_key(entry.source), entry.device]})]
+        key = _key(entry.source)
+        where = "host" if isinstance(key, str) else "out"  # a hash set for a host, intervals for a subnet
+        return [(f"confine_src{entry.family}", key), (f"confine_{where}{entry.family}", {"concat": [key, entry.device]})]
     if isinstance(entry, Reach):
         return [(f"confine_to{entry.family}", {"concat": [_key(entry.source), _key(entry.dst)]})]
     return [(f"direct{entry.family}", _key(entry.dst))]
@@ -276,12 +290,14 @@ def elements(entry):
 
 def entries(contents):
     """Confine, Reach and Direct entries from the sets' *contents* (name -> listed elements).
-    A Reach names the device its source is confined to; a half-present Confine counts as absent."""
+    A Reach names the device its source is confined to; a half-present Confine counts as absent,
+    and so does a host in the subnets' set (elements() never puts one there)."""
     out = set()
     for fam in (4, 6):
         sources = {_net(e) for e in contents.get(f"confine_src{fam}", [])}
         device = {}
-        for elem in contents.get(f"confine_out{fam}", []):
+        hosts = [e for e in contents.get(f"confine_host{fam}", []) if isinstance(e["concat"][0], str)]
+        for elem in hosts + [e for e in contents.get(f"confine_out{fam}", []) if not isinstance(e["concat"][0], str)]:
             source, dev = elem["concat"]
             device[_net(source)] = dev
             if _net(source) in sources:

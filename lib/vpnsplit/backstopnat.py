@@ -2,6 +2,7 @@
 what they add to the table and how each is read back."""
 
 from vpnsplit import backstop
+from vpnsplit.marks import BACKSTOP_PRIORITY, CLIENT_NAMES_PRIORITY
 from vpnsplit.nftkinds import ElementKind, Kind, chain_commands
 
 
@@ -22,13 +23,14 @@ class _BackstopSetKind(ElementKind):
 
 
 class ConfineKind(_BackstopSetKind):
-    """The backstop (backstop.py): confine_src4/6 and confine_out4/6 hold a strict tunnel's
-    sources and the device each may leave by; its chain on postrouting also reads the Reach
-    and Direct kinds' sets and jumps to the kill switch chain (regular, the KillSwitch's)."""
+    """The backstop (backstop.py): confine_src4/6 and confine_host4/6 (hosts), confine_out4/6
+    (subnets) hold a strict tunnel's sources and the device each may leave by; its chains also
+    read the Reach and Direct kinds' sets and jump to the kill switch chain (regular, the KillSwitch's)."""
 
-    type, prefixes = backstop.Confine, ("confine_src", "confine_out")
-    chains = {backstop.KILLSWITCH: (None, None, None, None),
-              backstop.CHAIN: ("filter", "postrouting", backstop.PRIORITY, backstop.chain_rules())}
+    type, prefixes = backstop.Confine, ("confine_src", "confine_host", "confine_out")
+    chains = {backstop.KILLSWITCH: (None, None, None, None)} | {
+        name: ("filter", "postrouting", BACKSTOP_PRIORITY, rules) if name == backstop.CHAIN else (None, None, None, rules)
+        for name, rules in backstop.chains().items()}
 
 
 class ReachKind(_BackstopSetKind):
@@ -49,7 +51,7 @@ class KillSwitchKind(Kind):
 
     type = backstop.KillSwitch
     owner = "default"
-    own_chains = {backstop.CLIENT_NAMES: ("route", "output", backstop.CLIENT_NAMES_PRIORITY)}
+    own_chains = {backstop.CLIENT_NAMES: ("route", "output", CLIENT_NAMES_PRIORITY)}
     _chains = own_chains | {backstop.KILLSWITCH: (None, None, None)}
 
     def commands(self, verb, entry):

@@ -20,7 +20,7 @@ DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
 # vpnsplit's rules for one tunnel use `priority` (tunnel address), +1 (aliases),
 # +2 (source subnets' LAN exceptions) and +3 (source subnets).
 PRIORITY_SPAN = 4
-# Above PRIORITY_LAST: the default VPN's mark rules (31990-31991; 31991 is dns.DNS_PRIORITY) and rules (32000-32003,
+# Above PRIORITY_LAST: the default VPN's mark and DNS rules (31990-31992: marks.py) and rules (32000-32003,
 # plan.DEFAULT_PRIORITIES), wg-quick's (32764-32765), the kernel's (0, 32766, 32767).
 PRIORITY_LAST = 31989
 PRIORITY_MIN, PRIORITY_MAX = 1, PRIORITY_LAST - (PRIORITY_SPAN - 1)
@@ -208,7 +208,7 @@ def _tunnel(name, s, where):
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InputError(
             f"{where}: priority = {priority} is out of range: vpnsplit uses priority..priority+{PRIORITY_SPAN - 1}, "
-            f"which must stay within {PRIORITY_MIN}-{PRIORITY_LAST} (31990-31991 are reserved for the default VPN's mark rules, "
+            f"which must stay within {PRIORITY_MIN}-{PRIORITY_LAST} (31990-31992 are reserved for the default VPN's mark and DNS rules, "
             f"32000-32003 are its rules, 32764-32765 wg-quick's, 32766-32767 the kernel's)"
         )
     if set(range(priority, priority + PRIORITY_SPAN)) & set(SWEPT_PRIORITIES):

@@ -13,11 +13,12 @@ import ipaddress
 import logging
 import socket
 
-from vpnsplit import backstop, dns
+from vpnsplit import backstop, dns, marks
 from vpnsplit.config import ID_BASE, PRIORITY_SPAN
 from vpnsplit.errors import InputError, shown
+from vpnsplit.marks import DEFAULT_PRIORITY, REPLY_MARK
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
-from vpnsplit.plan import DEFAULT_PRIORITY, EVERYWHERE, MAIN_TABLE, REPLY_MARK, ReplyMark, Rule, State, host_prefix
+from vpnsplit.plan import EVERYWHERE, MAIN_TABLE, ReplyMark, Rule, State, host_prefix
 
 log = logging.getLogger("vpnsplit")
 OFF = "off"  # converge's *default* that removes the default VPN's rules
@@ -84,18 +85,24 @@ def plan_rules(tunnel, lease, uplink, servers, direct=()):
     source after the lookup, and when the lookup failed (the unreachable default, also after
     the client died without down) it looks up again with that source — the uplink address,
     which a `from <uplink>` rule would send out in the clear. A new connection carries no mark.
-    Before all of them (31990) the VPN clients' own packets, marked CLIENT_MARK, use main:
+    Before all of them (31990) the VPN clients' own packets, marked marks.CLIENT_MARK, use main:
     any tunnel's server, known or not. With strict, the backstop's kill switch lets out of
     non-tunnel devices only those, replies, DHCP, the *direct* networks (main's routes) and the servers.
-    The host's DNS follows (dns.DnsDefault): marked into the tunnel's table by rule dns.DNS_PRIORITY.
+    The host's DNS follows (dns.DnsDefault): marked into the tunnel's table by rule marks.DNS_PRIORITY.
+
+    With strict and servers given by host name, the host's own UDP DNS takes main at its first
+    route lookup (marks.NAMES_PRIORITY), which comes before any nft chain: else a query to a resolver off
+    the LAN meets the kill switch's unreachable default (or, tunnel up, leaves from the tunnel's
+    address) before the names chain could tell a server's name. What then leaves is still the
+    backstop's to decide: the names chain marks the servers' names (marks.CLIENT_MARK), the DNS
+    redirect reroutes every other query into the tunnel, or refuses it while the tunnel is down.
     """
     carried = {a.version for a in (lease.locals if lease else [])}
     families = {4, 6} if tunnel.strict else carried
     rules, nft = set(), {ReplyMark(tunnel.device)} if families else set()
     for fam in families:
         every = EVERYWHERE[fam]
-        mark = backstop.CLIENT_MARK
-        rules.add(Rule(fam, backstop.CLIENT_PRIORITY, MAIN_TABLE, every, fwmark=mark, fwmask=mark))
+        rules.add(Rule(fam, marks.CLIENT_PRIORITY, MAIN_TABLE, every, fwmark=marks.CLIENT_MARK, fwmask=marks.CLIENT_MARK))
         rules.add(Rule(fam, DEFAULT_PRIORITY, MAIN_TABLE, every, suppress=0))
         if fam == 4:
             rules.update(Rule(fam, DEFAULT_PRIORITY + 1, MAIN_TABLE, host_prefix(a)) for a in uplink if a.version == fam)
@@ -103,7 +110,9 @@ def plan_rules(tunnel, lease, uplink, servers, direct=()):
         rules.update(Rule(fam, DEFAULT_PRIORITY + 2, MAIN_TABLE, every, host_prefix(s)) for s in servers if s.version == fam)
         rules.add(Rule(fam, DEFAULT_PRIORITY + 3, tunnel.table, every))
         # the host's DNS, marked by dns.DnsDefault, into the tunnel whatever its destination
-        rules.add(Rule(fam, dns.DNS_PRIORITY, tunnel.table, every, fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK))
+        rules.add(Rule(fam, marks.DNS_PRIORITY, tunnel.table, every, fwmark=marks.DNS_MARK, fwmask=marks.DNS_MARK))
+        if tunnel.strict and tunnel.server_names:
+            rules.add(Rule(fam, marks.NAMES_PRIORITY, MAIN_TABLE, every, iif="lo", ipproto=socket.IPPROTO_UDP, dport=dns.DNS_PORT))
     if families:
         nft.add(dns.plan_default(tunnel, lease))
     # the kill switch leaves direct what these rules keep in main: its routes and the servers (32002)

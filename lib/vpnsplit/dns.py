@@ -25,13 +25,11 @@ from typing import NamedTuple
 
 from vpnsplit import addresses
 from vpnsplit.errors import InputError
+from vpnsplit.marks import DNS_MARK
 
 log = logging.getLogger("vpnsplit")
 
 DNS_PORT = 53
-# COMMON mark layout: the default VPN's DNS redirected into the tunnel; rule 31991 looks it up.
-DNS_MARK = 0x40000000
-DNS_PRIORITY = 31991
 # A VPN pushing more than this is not configuring DNS but probing us.
 MAX_RESOLVERS = 16
 

@@ -30,11 +30,12 @@ kernel uses only with the tunnel device's src_valid_mark (dns.SRC_VALID_MARK).
 CLIENT_MARK (0x20000000) packets are the VPN clients' own and are left alone.
 """
 
-from vpnsplit.backstop import CLIENT_MARK
-from vpnsplit.dns import DNS_MARK, DNS_PORT, DnsBlock, DnsDefault, DnsSource
+from vpnsplit.dns import DNS_PORT, DnsBlock, DnsDefault, DnsSource
+from vpnsplit.marks import CLIENT_MARK, DNS_MARK, MANGLE_PRIORITY
+from vpnsplit.marks import DSTNAT_PRIORITY as NAT_DST_PRIORITY
+from vpnsplit.marks import SRCNAT_PRIORITY as NAT_SRC_PRIORITY
 from vpnsplit.nftkinds import ADDR, NFPROTO, OIFNAME, ElementKind, Kind, interval_key, interval_source, obj
 
-NAT_DST_PRIORITY, NAT_SRC_PRIORITY, MANGLE_PRIORITY = -101, 99, -150
 NFPROTO_NAME = {4: "ipv4", 6: "ipv6"}
 
 _L4 = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}}

@@ -17,6 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vpnsplit import dns, nldump, rulewalk, sysctl
 from vpnsplit.errors import InputError
+from vpnsplit.marks import DNS_MARK, DNS_PRIORITY
 from vpnsplit.netlink import AF
 from vpnsplit.plan import RTPROT_VPNSPLIT, Snat
 
@@ -102,7 +103,7 @@ def _dns(kernel, tunnels, src, local):
             to = next((a for a in e.to if ipaddress.ip_address(a).version == src.version), None)
             where = f"redirected to {to} (its resolver)" if to else "to the resolver it asks (no resolver of this family known)"
             return {"action": "redirect", "to": to, "tunnel": name,
-                    "text": f"default VPN: marked {dns.DNS_MARK:#x}, rule {dns.DNS_PRIORITY} into tunnel {name} ({e.device}), "
+                    "text": f"default VPN: marked {DNS_MARK:#x}, rule {DNS_PRIORITY} into tunnel {name} ({e.device}), "
                             f"{where}, source rewritten to the tunnel address (masquerade)"}
     return {"action": "none", "to": None, "tunnel": None, "text": "not redirected by vpnsplit: it goes where the route to its resolver goes"}
 

@@ -14,7 +14,7 @@
             dnat ip to ip daddr . iifname map @dnatall4 }
         chain prerouting { type filter hook prerouting priority raw;
             ip daddr @guard_addr4 ip daddr . iifname != @guard_path4 fib saddr type != local drop }
-        # only while the default VPN is on (plan.ReplyMark; vpn0 its tunnel, 0x10000000 plan.REPLY_MARK):
+        # only while the default VPN is on (plan.ReplyMark; vpn0 its tunnel, 0x10000000 marks.REPLY_MARK):
         chain replies_pre { type filter hook prerouting priority mangle;
             ct state new iifname != "vpn0" fib daddr type local ct mark set ct mark or 0x10000000
             ct mark and 0x10000000 != 0 meta mark set meta mark or 0x10000000 }
@@ -47,10 +47,10 @@ def skeleton():
         extra = {"flags": flags} if flags else {}
         cmds.append({"add": obj("map", name=name, type=key, map=data, **extra) if data else obj("set", name=name, type=key, **extra)})
     for name, (ctype, hook, prio, rules) in CHAINS.items():
-        if hook is None:  # a regular chain: its rules are an entry's, never flushed here
-            cmds.append({"add": obj("chain", name=name)})
+        hooked = dict(type=ctype, hook=hook, prio=prio, policy="accept") if hook else {}
+        cmds.append({"add": obj("chain", name=name, **hooked)})
+        if rules is None:  # a regular chain whose rules are an entry's: never flushed here
             continue
-        cmds.append({"add": obj("chain", name=name, type=ctype, hook=hook, prio=prio, policy="accept")})
         cmds.append({"flush": obj("chain", name=name)})
         cmds += [{"add": obj("rule", chain=name, expr=expr)} for expr in rules]
     return cmds
@@ -81,7 +81,7 @@ def _listing(items):
         elif kind == "rule" and body.get("chain") in rules:
             rules[body["chain"]].append(body["expr"])
             comments[body["chain"]].append(body.get("comment"))
-    fixed = {n: spec[3] for n, spec in CHAINS.items() if spec[1] is not None}
+    fixed = {n: spec[3] for n, spec in CHAINS.items() if spec[3] is not None}
     intact = set(CHAINS) <= chains and set(sets) == set(SETS) and all(rules[n] == want for n, want in fixed.items())
     return intact, Listing(sets, chains, rules, comments)
 

@@ -149,10 +149,12 @@ class Netlink:
         every rule in the kernel (1.6 s with 10,000 foreign rules)."""
         out = []
         for fam in (4, 6):
-            for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask in nldump.rules(AF[fam], RTPROT_VPNSPLIT):
+            for priority, table, src, src_len, dst, dst_len, suppress, fwmark, fwmask, iif, proto, ports in nldump.rules(AF[fam], RTPROT_VPNSPLIT):
                 src = f"{src}/{src_len}" if src else EVERYWHERE[fam]
                 dst = f"{dst}/{dst_len}" if dst else ""
-                out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress, fwmark or 0, fwmask or 0))
+                first, _, last = (ports or "0:0").partition(":")
+                out.append(Rule(fam, priority, table, src, dst, -1 if suppress is None else suppress, fwmark or 0, fwmask or 0,
+                                iif or "", proto or 0, int(first) if first == last else -1))
         return out
 
     def table_routes(self, table):

@@ -11,13 +11,10 @@ from typing import NamedTuple
 # backstop.py is a leaf that plan imports, so nft's names of the IP versions live there, once
 from vpnsplit.backstop import ADDR
 from vpnsplit.backstop import PROTO as NFPROTO
-from vpnsplit.plan import REPLY_MARK, Dnat, Guard, ReplyMark, Snat
+from vpnsplit.marks import DSTNAT_PRIORITY, MANGLE_PRIORITY, RAW_PRIORITY, REPLY_MARK, SRCNAT_PRIORITY
+from vpnsplit.plan import Dnat, Guard, ReplyMark, Snat
 
 FAMILY, TABLE = "inet", "vpnsplit"
-# Numbers, not "srcnat"/"raw": the JSON parser silently makes a hookless chain from a string.
-# NAT at 99/-101: nat chains on one hook run in priority order and the first binding wins, so
-# vpnsplit's SNAT comes before a Docker-style MASQUERADE (iptables-nft, 100) whichever was loaded last.
-SRCNAT_PRIORITY, DSTNAT_PRIORITY, RAW_PRIORITY, MANGLE_PRIORITY = 99, -101, -300, -150
 IIFNAME, OIFNAME = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
 
 
@@ -52,7 +49,7 @@ class Kind:
     owner = "tunnel"
     sets = {}  # name -> (key type, map data type or None, flags)
     chains = {}  # fixed chains: name -> (chain type, hook, priority, [rule expressions]); hook None: a
-    # regular chain, created but never flushed by the skeleton (its rules are an entry's)
+    # regular chain; rules None: a regular chain created but never flushed by the skeleton (its rules are an entry's)
     own_chains = {}  # chains that exist only while an object of this kind does: name -> (type, hook, priority)
 
     def commands(self, verb, entry):

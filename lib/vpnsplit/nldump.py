@@ -29,6 +29,7 @@ RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE =
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 1, 2, 6, 10, 14, 15, 16, 21
+FRA_IIFNAME, FRA_IP_PROTO, FRA_DPORT_RANGE = 3, 22, 24
 RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 2, 3, 4, 5, 6, 15
 # rtm_flags of a route get: report the table the lookup used (else the kernel says main)
 RTM_F_LOOKUP_TABLE = 0x1000
@@ -41,12 +42,14 @@ _RTM = struct.Struct("=BBBBBBBBI")  # struct rtmsg: family dst_len src_len tos t
 _IFA = struct.Struct("=BBBBI")  # struct ifaddrmsg: family prefixlen flags scope index
 _NLA = struct.Struct("=HH")  # struct nlattr
 _U32 = struct.Struct("=I")
+_PORTS = struct.Struct("=HH")  # struct fib_rule_port_range
 
 
 def rules(family, proto):
     """Every rule of *family* (socket.AF_INET/AF_INET6) whose protocol is *proto*, as
     (priority, table, src or None, src_len, dst or None, dst_len, suppress_prefixlen or None,
-    fwmark or None, fwmask or None) in dump order.
+    fwmark or None, fwmask or None, iifname or None, ip_proto or None, "START:END" dport range or None)
+    in dump order.
 
     priority is 0 when the kernel leaves FRA_PRIORITY out (it does for priority 0), and
     table None when it leaves out FRA_TABLE, as pyroute2's get_attr would give; a rule
@@ -63,8 +66,10 @@ def rules(family, proto):
         fam, dst_len, src_len = buf[off + 16], buf[off + 17], buf[off + 18]
         suppress = _u32(attrs, FRA_SUPPRESS_PREFIXLEN)
         suppress = None if suppress == 0xFFFFFFFF else suppress
+        iif, proto_, ports = attrs.get(FRA_IIFNAME), attrs.get(FRA_IP_PROTO), attrs.get(FRA_DPORT_RANGE)
         out.append((_u32(attrs, FRA_PRIORITY) or 0, _u32(attrs, FRA_TABLE), _addr(fam, attrs, FRA_SRC), src_len, _addr(fam, attrs, FRA_DST), dst_len, suppress,
-                    _u32(attrs, FRA_FWMARK), _u32(attrs, FRA_FWMASK)))
+                    _u32(attrs, FRA_FWMARK), _u32(attrs, FRA_FWMASK), iif.rstrip(b"\0").decode() if iif else None,
+                    proto_[0] if proto_ else None, "%d:%d" % _PORTS.unpack_from(ports) if ports else None))
     return out
 
 

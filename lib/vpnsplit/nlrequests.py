@@ -60,6 +60,12 @@ def rule_spec(rule):
     if rule.dst:
         dst, _, dst_len = rule.dst.partition("/")
         spec.update(dst=dst, dst_len=int(dst_len))
+    if rule.iif:
+        spec["iifname"] = rule.iif
+    if rule.ipproto:
+        spec["ip_proto"] = rule.ipproto
+    if rule.dport:
+        spec["dport_range"] = f"{rule.dport}:{rule.dport}"
     return spec
 
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from vpnsplit import backstop, dns
 from vpnsplit.errors import InputError
+from vpnsplit.marks import CLIENT_PRIORITY, DEFAULT_PRIORITY, REPLY_MARK
 
 # The route/rule protocol number that marks vpnsplit's objects (`ip rule` shows "proto 118";
 # `make install` names it in /etc/iproute2/rt_protos.d). Unassigned in iproute2's list.
@@ -21,18 +22,12 @@ TUNNEL_METRIC = 1024
 EVERYWHERE = {4: "0.0.0.0/0", 6: "::/0"}  # the destination of a default route, by IP version
 # The host-wide default VPN's rules (default_vpn): after every tunnel's own rules (config keeps
 # those below), before wg-quick's 32764/32765 and the kernel's main rule at 32766.
-DEFAULT_PRIORITY = 32000
 DEFAULT_PRIORITIES = range(DEFAULT_PRIORITY, DEFAULT_PRIORITY + 4)
 # every rule from the clients' mark rule (31990) and the DNS mark rule (31991) to 32003 is the default VPN's
-DEFAULT_OWNED = range(backstop.CLIENT_PRIORITY, DEFAULT_PRIORITY + 4)
+DEFAULT_OWNED = range(CLIENT_PRIORITY, DEFAULT_PRIORITY + 4)
 
 
 MAIN_TABLE, LOCAL_TABLE = 254, 255
-# The conntrack and packet mark bit of the default VPN's IPv6 replies (see ReplyMark). Chosen
-# clear of the well-known users: kube-proxy 0x4000/0x8000, Tailscale and OpenWrt pbr 0xff0000,
-# wg-quick's fwmark 0xca6c, mwan3 0x3f00, Cilium's 0x0f00 (Calico's default mask 0xffff0000
-# overlaps it). vpnsplit only ORs it in and tests it, other bits are left alone.
-REPLY_MARK = backstop.REPLY_MARK
 
 
 class Rule(NamedTuple):
@@ -47,12 +42,18 @@ class Rule(NamedTuple):
     # last, with defaults: a rule without a mark compares, sorts and prints as before
     fwmark: int = 0
     fwmask: int = 0  # 0: no fwmark selector (the kernel reports neither then)
+    iif: str = ""  # "lo": the host's own packets only
+    ipproto: int = 0  # an IP protocol number (17: UDP), or 0 for any
+    dport: int = 0  # a destination port (with ipproto), or 0 for any
 
     def __str__(self):
         to = f" to {self.dst}" if self.dst else ""
+        iif = f" iif {self.iif}" if self.iif else ""
         mark = f" fwmark {self.fwmark:#x}/{self.fwmask:#x}" if self.fwmask else ""
+        proto = f" ipproto {self.ipproto}" if self.ipproto else ""
+        dport = f" dport {self.dport}" if self.dport else ""
         suppress = f" suppress_prefixlength {self.suppress}" if self.suppress >= 0 else ""
-        return f"rule from {self.src}{to}{mark} lookup {self.table}{suppress} priority {self.priority}"
+        return f"rule from {self.src}{to}{iif}{mark}{proto}{dport} lookup {self.table}{suppress} priority {self.priority}"
 
 
 class Route(NamedTuple):

@@ -170,9 +170,10 @@ RESOLVERS = {4: ("198.51.100.1", "203.0.113.53"), 6: ("2001:db8:51::1", "2001:db
 def test_a_vpn_server_name_resolves_through_the_kill_switch_and_no_other_query_does(world, fam):
     """OpenVPN `remote vpn.example.test` / WireGuard `Endpoint = vpn.example.test:51820` at boot: the
     tunnel's device does not exist yet and the kill switch is on. The client's query for its server's
-    name (listed in `servers`) to the LAN's resolver leaves by the uplink; a query for any other name
-    does not, nor does any query to a resolver off the LAN (its route lookup meets the kill switch
-    before the mark could be set: README)."""
+    name (listed in `servers`) leaves by the uplink, to the LAN's resolver and to one off the LAN
+    (rule 31992 gives the host's DNS main at the first route lookup, before any nft chain); a
+    query for any other name does not. Controls: without rule 31992 the off-LAN query fails at once
+    (the kill switch's unreachable default), without the names chain the LAN one is dropped."""
     ns, ctr, far, isp = world
     config = DEFAULT_CONFIG.replace('servers  = [', 'servers  = ["vpn.example.test", ').replace('"vpn0"', '"vpn9"')
     ns.write_config(config)
@@ -188,14 +189,21 @@ def test_a_vpn_server_name_resolves_through_the_kill_switch_and_no_other_query_d
     lan, isp_resolver = RESOLVERS[fam.fam]
     assert ns.vpnsplit("default", "vpn").returncode == 0  # before the first connect: the kill switch alone
     assert ns.vpnsplit("check").returncode == 0
-    assert query(lan, "vpn.example.test") == "sent"
-    assert queries() == 1
+    for resolver in (lan, isp_resolver):
+        assert query(resolver, "vpn.example.test") == "sent"
+    assert queries() == 2
     for name in ("other.example.test", "vpn.example.test.evil.example", "example.test", "vpn.example.tes"):
-        query(lan, name)
-    assert query(isp_resolver, "vpn.example.test") in ("113", "101")  # EHOSTUNREACH, ENETUNREACH: at once
-    assert queries() == 1
+        for resolver in (lan, isp_resolver):
+            query(resolver, name)
+    assert queries() == 2
+    # control: without rule 31992 the query to the resolver off the LAN meets the kill switch at once
+    ns.ip(f"-{fam.fam}", "rule", "del", "priority", "31992")
+    assert ns.vpnsplit("check").returncode == 3
+    assert query(isp_resolver, "vpn.example.test") in ("113", "101")  # EHOSTUNREACH, ENETUNREACH
+    assert ns.vpnsplit("up", "vpn").returncode == 0
     # control: without the names chain the server's name is refused like any other
     ns.exec("nft", "delete", "chain", "inet", "vpnsplit", "client_names", check=True)
     assert ns.vpnsplit("check").returncode == 3
-    query(lan, "vpn.example.test")
-    assert queries() == 1
+    for resolver in (lan, isp_resolver):
+        query(resolver, "vpn.example.test")
+    assert queries() == 2

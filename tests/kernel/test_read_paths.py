@@ -28,7 +28,7 @@ with IPRoute() as ipr:
         out["nldump"].append([list(r) for r in nldump.rules(fam, 118)])
         sup = lambda m: None if A(m, "FRA_SUPPRESS_PREFIXLEN") in (None, 0xFFFFFFFF) else A(m, "FRA_SUPPRESS_PREFIXLEN")
         out["pyroute2"].append([[A(m, "FRA_PRIORITY") or 0, A(m, "FRA_TABLE"), A(m, "FRA_SRC"), m["src_len"], A(m, "FRA_DST"), m["dst_len"], sup(m),
-                                 A(m, "FRA_FWMARK"), A(m, "FRA_FWMASK")]
+                                 A(m, "FRA_FWMARK"), A(m, "FRA_FWMASK"), A(m, "FRA_IIFNAME"), A(m, "FRA_IP_PROTO"), A(m, "FRA_DPORT_RANGE")]
                                 for m in ipr.get_rules(family=fam) if A(m, "FRA_PROTOCOL") == 118])
         for table in (100, 101, 254):
             out["nldump"].append([list(r) for r in nldump.routes(fam, table)])
@@ -104,11 +104,13 @@ def test_nldump_reads_rules_and_routes_as_pyroute2_does(ns):
         ns.ip(fam, "rule", "add", "priority", "32000", "lookup", "main", "suppress_prefixlength", "0", "proto", "118")
     ns.ip("rule", "add", "priority", "32002", "to", "203.0.113.2", "lookup", "main", "proto", "118")
     ns.ip("-6", "rule", "add", "priority", "32001", "fwmark", "0x10000000/0x10000000", "lookup", "main", "proto", "118")
+    ns.ip("rule", "add", "priority", "31992", "iif", "lo", "ipproto", "udp", "dport", "53", "lookup", "main", "proto", "118")
     ns.ip("rule", "add", "priority", "1500", "from", "10.1.0.0/16", "lookup", "101", "proto", "static")  # not ours
     got = json.loads(ns.exec(PY, "-I", "-c", COMPARE_RULES_ROUTES, check=True).stdout)
     v4_rules = got["pyroute2"][0]
-    assert [32000, 254, None, 0, None, 0, 0, None, None] in v4_rules and [32002, 254, None, 0, "203.0.113.2", 32, None, None, None] in v4_rules
-    assert [1000, 100, "10.8.0.2", 32, None, 0, None, None, None] in v4_rules and not any(r[0] == 1500 for r in v4_rules)
-    assert [32001, 254, None, 0, None, 0, None, 0x10000000, 0x10000000] in got["pyroute2"][4]  # IPv6's rules follow IPv4's 3 tables
+    assert [32000, 254, None, 0, None, 0, 0, None, None, None, None, None] in v4_rules and [32002, 254, None, 0, "203.0.113.2", 32, None, None, None, None, None, None] in v4_rules
+    assert [1000, 100, "10.8.0.2", 32, None, 0, None, None, None, None, None, None] in v4_rules and not any(r[0] == 1500 for r in v4_rules)
+    assert [32001, 254, None, 0, None, 0, None, 0x10000000, 0x10000000, None, None, None] in got["pyroute2"][4]  # IPv6's rules follow IPv4's 3 tables
+    assert [31992, 254, None, 0, None, 0, None, None, None, "lo", 17, "53:53"] in v4_rules  # the server names' rule
     assert all(got["pyroute2"]), "every family's rules and every table's routes are non-empty"
     assert got["nldump"] == got["pyroute2"]

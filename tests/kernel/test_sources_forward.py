@@ -242,6 +242,26 @@ def test_ipv6_forwarding_on_host_wide_switches_nothing(world):
     assert ns.forwarding() == before
 
 
+def test_down_keeps_ipv4_forwarding_the_admin_switched_on_host_wide_meanwhile(world):
+    """Issue 11: `down` switched ctr0's forwarding off although the admin had since set
+    net.ipv4.ip_forward = 1 (which rewrites every device's value, so "switched on after vpnsplit"
+    cannot be seen per device): while all.forwarding = 1, down switches nothing off, and the
+    container still reaches the LAN (its `lan` exception) through the main table."""
+    ns, ctr, far, isp = world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert recorded(ns)["forwarding"] == ["ctr0", "vpn0"]
+    ns.exec("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+    ipv4 = lambda: {k: v for k, v in ns.forwarding().items() if k.startswith("ipv4/")}  # noqa: E731 (IPv6's all is 0: its switches go)
+    before = ipv4()
+    down = ns.vpnsplit("down", "vpn")
+    assert down.returncode == 0, down.stderr
+    assert ipv4() == before and before["ipv4/ctr0/forwarding"] == "1", down.stderr
+    assert received(isp, "198.51.100.1", 5015, ctr) == ("sent", "10.20.1.5 hello")
+    ns.exec("sysctl", "-qw", "net.ipv4.ip_forward=0", check=True)  # control: the admin's switch off again
+    assert ns.vpnsplit("up", "vpn").returncode == 0 and ns.vpnsplit("down", "vpn").returncode == 0
+    assert ns.forwarding()["ipv4/ctr0/forwarding"] == "0"
+
+
 def test_sources_reach_the_lan_only_if_the_config_says_so(world, fam):
     ns, ctr, far, isp = world
     ns.write_config(CONFIG.replace('lan      = ["198.51.100.0/24", "2001:db8:51::/64"]\n', ""))

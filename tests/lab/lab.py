@@ -124,9 +124,13 @@ class Lab(Network):
         """Pin the address(es) the server gives the lab client from its next connect on."""
         openvpn.write_ccd(self.path("ccd"), mode, address, address6)
 
-    def openvpn_client(self, example="client.conf", options=(), **start):
-        """Start configs/openvpn/EXAMPLE in `host`, wired to the lab's vpnsplit config."""
+    def openvpn_client(self, example="client.conf", options=(), replace=None, **start):
+        """Start configs/openvpn/EXAMPLE in `host`, wired to the lab's vpnsplit config; *replace*:
+        {line as the example has it: what a scenario puts instead} (a line that must be there)."""
         text = openvpn.client_config(os.path.join(CONFIGS, "openvpn", example), self.hooks)
+        for old, new in (replace or {}).items():
+            assert f"\n{old}\n" in text, f"{example} has no line {old!r}"
+            text = text.replace(f"\n{old}\n", f"\n{new}\n")
         conf = self.write(f"client-{len(self.clients)}.conf", text)
         setenv = [w for k, v in self.hook_env.items() for w in ("--setenv", k, v)]
         client = openvpn.OpenVPN(self, "host", f"client-{len(self.clients)}", conf, self.pki_dir,
@@ -135,15 +139,17 @@ class Lab(Network):
         return client.start(**start)
 
     # -- WireGuard ------------------------------------------------------------------------
-    def wireguard_pair(self, example="wg0.conf", tag="0"):
-        """A wg-quick server in `vpn` and a client in `host` from configs/wireguard/EXAMPLE.
+    def wireguard_pair(self, example="wg0.conf", tag="0", endpoint_host=None):
+        """A wg-quick server in `vpn` and a client in `host` from configs/wireguard/EXAMPLE
+        (*endpoint_host*: the client's Endpoint names the server so, e.g. by a host name).
 
         Returns (client, server) WgQuick objects; the server is up, the client is not.
         """
         client_name, server_name = wireguard.interface_names(tag)
         c_priv, c_pub = wireguard.keypair()
         s_priv, s_pub = wireguard.keypair()
-        text = wireguard.client_config(os.path.join(CONFIGS, "wireguard", example), self.hooks, c_priv, s_pub)
+        endpoint = {"endpoint": f"{endpoint_host}:{wireguard.PORT}"} if endpoint_host else {}
+        text = wireguard.client_config(os.path.join(CONFIGS, "wireguard", example), self.hooks, c_priv, s_pub, **endpoint)
         client = wireguard.WgQuick(self, "host", self.write(f"{client_name}.conf", text, 0o600), self.hook_env)
         server_text = wireguard.server_config(s_priv, c_pub, wireguard.addresses_in(text))
         server = wireguard.WgQuick(self, "vpn", self.write(f"{server_name}.conf", server_text, 0o600))

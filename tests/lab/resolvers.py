@@ -4,7 +4,8 @@
     LAN's     198.51.100.53  2001:db8:51::53   in `lan` (br0): the home router's resolver, on-link for the host
     ISP's     203.0.113.53   2001:db8:113::53  in `isp` (wan0): reachable through the uplink only
 
-Each answers NAME with an address of its own, so an answer tells who gave it; each logs every
+Each answers NAME with an address of its own, so an answer tells who gave it, and SERVER_NAME
+(the VPN server's host name, for `remote`/`Endpoint` given by name) with the VPN server's address; each logs every
 query with its source address (--log-queries to a file in the lab directory). The tunnel's
 resolver lies OUTSIDE the tunnel's subnet on purpose: a resolver inside it hides the reverse-path
 and source-address traps of a DNS redirect. `resolv_conf(role, server)` points a namespace's libc at a
@@ -18,7 +19,10 @@ import shutil
 import subprocess
 import time
 
+from .netns import SERVER
+
 NAME = "probe.vpnsplit.test"
+SERVER_NAME = "vpn.vpnsplit.test"
 RESOLVERS = {
     # name: (role, device, address, IPv6 address, the address it answers NAME with)
     "tunnel": ("vpn", "lo", "192.0.2.53", "2001:db8:2::53", "192.0.2.201"),
@@ -39,7 +43,7 @@ class Resolver:
         lab.ip(self.role, "addr", "add", self.address + prefix, "dev", self.device)
         lab.ip(self.role, "-6", "addr", "add", self.address6 + prefix6, "dev", self.device, "nodad")
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
-                f"--listen-address={self.address},{self.address6}", "--log-queries", f"--log-facility={self.log}", f"--address=/{NAME}/{self.answer}",
+                f"--listen-address={self.address},{self.address6}", "--log-queries", f"--log-facility={self.log}", f"--address=/{NAME}/{self.answer}", f"--address=/{SERVER_NAME}/{SERVER}",
                 f"--pid-file={lab.path(f'dnsmasq-{name}.pid')}", "--user=root", "--cache-size=0"]
         self.proc = lab.popen(self.role, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         lab.listeners.append(self.proc)  # the lab kills it at teardown

@@ -71,10 +71,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_priority_leaves_the_default_vpns_mark_rules_free():
-    """A tunnel's rules end at or below 31989: 31990-31991 are the default VPN's mark rules."""
+    """A tunnel's rules end at or below 31989: 31990-31992 are the default VPN's mark and DNS rules."""
     section = {"device": "tun0", "table": 100, "priority": 31986}
     assert config.parse({"tunnel": {"a": section}}).tunnels["a"].priorities[-1] == 31989
-    with pytest.raises(InputError, match=r"priority = 31987 .* within 1-31989 \(31990-31991 are reserved"):
+    with pytest.raises(InputError, match=r"priority = 31987 .* within 1-31989 \(31990-31992 are reserved"):
         config.parse({"tunnel": {"a": {**section, "priority": 31987}}})
 
 

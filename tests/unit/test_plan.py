@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from vpnsplit import backstop, config, default_vpn, dns, plan
+from vpnsplit import backstop, config, default_vpn, dns, marks, plan
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -98,7 +98,7 @@ def test_default_vpn_tells_ipv6_replies_by_conntrack_mark_not_by_the_uplink_addr
     also after the client died without down. So IPv6's 32001 selects the reply mark, always;
     IPv4 has both (the mark, set in prerouting, also covers forwarded replies: published container ports)."""
     uplink = [ipaddress.ip_address("198.51.100.10"), ipaddress.ip_address("2001:db8:51::10")]
-    mark = plan.Rule(6, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "::/0", fwmark=plan.REPLY_MARK, fwmask=plan.REPLY_MARK)
+    mark = plan.Rule(6, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "::/0", fwmark=marks.REPLY_MARK, fwmask=marks.REPLY_MARK)
     v4 = plan.Rule(4, plan.DEFAULT_PRIORITY + 1, plan.MAIN_TABLE, "198.51.100.10/32")
     for lease_ in (lease(v6="fd08::2/64"), lease(), None):
         state = default_vpn.plan_rules(tunnel(), lease_, uplink, [])
@@ -128,11 +128,11 @@ def test_dns_follows_the_sources_and_the_default_vpn():
     plain = tunnel()._replace(sources=t.sources)
     assert not any(isinstance(e, (dns.DnsSource, dns.DnsDefault)) for e in plan.plan_up(plain, lease()).nft | plan.plan_down(plain).nft)
     assert not any(isinstance(e, (dns.DnsSource, dns.DnsBlock)) for e in plan.plan_up(tunnel(), lease()).nft | plan.plan_down(tunnel()).nft)
-    assert not any(r.fwmask == dns.DNS_MARK for r in plan.plan_up(plain, lease()).rules)
+    assert not any(r.fwmask == marks.DNS_MARK for r in plan.plan_up(plain, lease()).rules)
     state = default_vpn.plan_rules(t, pushed, [], [])
     assert dns.DnsDefault("tun0", ("10.8.0.1",)) in state.nft
-    assert {r for r in state.rules if r.priority == dns.DNS_PRIORITY} == {
-        plan.Rule(f, dns.DNS_PRIORITY, 100, plan.EVERYWHERE[f], fwmark=dns.DNS_MARK, fwmask=dns.DNS_MARK) for f in (4, 6)}
+    assert {r for r in state.rules if r.priority == marks.DNS_PRIORITY} == {
+        plan.Rule(f, marks.DNS_PRIORITY, 100, plan.EVERYWHERE[f], fwmark=marks.DNS_MARK, fwmask=marks.DNS_MARK) for f in (4, 6)}
 
 
 def test_backstop_entries_name_a_host_as_nft_lists_it_back():
