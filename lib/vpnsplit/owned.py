@@ -77,9 +77,9 @@ def _valid(field, value, hint):
         return hint is not str
     if not isinstance(value, str):
         return False
-    if field == "device":
+    if field in ("device", "iif"):
         try:
-            return addresses.ifname(value, "state") == value
+            return value == "" and field == "iif" or addresses.ifname(value, "state") == value
         except InputError:
             return False
     try:
