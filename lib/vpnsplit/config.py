@@ -12,7 +12,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses, dns
+from vpnsplit import addresses, apps, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -66,6 +66,8 @@ class Tunnel(NamedTuple):
     dns: tuple = ()
     # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
     server_names: tuple = ()
+    # per-app tunnels: the slot of the mark its programs' sockets carry (apps.mark), None: no programs
+    app_slot: int | None = None
 
     @property
     def alias_dev(self):
@@ -175,7 +177,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers", "dns"}
+         "default", "servers", "dns", "app_slot"}
 
 
 def _tunnel(name, s, where):
@@ -215,8 +217,9 @@ def _tunnel(name, s, where):
     alias_device = s.get("alias_device")
     sources = _networks(s, "sources", where)
     lan = _networks(s, "lan", where)
-    if lan and not sources:
-        raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources, and there are none")
+    app_slot = _app_slot(s, where)
+    if lan and not sources and app_slot is None:
+        raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources and programs (app_slot), and there are none")
     forward = addresses.port_forwards(s.get("forward", []), where)
     servers = _typed(s, "servers", [], list, where)
     if forward and s.get("alias") is None and s.get("alias6") is None:
@@ -241,7 +244,17 @@ def _tunnel(name, s, where):
         id=s.get("id"),
         dns=dns.from_config(s.get("dns", []), where),
         server_names=tuple(a for a in servers if addresses.is_host_name(a)),
+        app_slot=app_slot,
     )
+
+
+def _app_slot(s, where):
+    if "app_slot" not in s:
+        return None
+    slot = _int(s, "app_slot", where)
+    if slot not in apps.SLOTS:
+        raise InputError(f"{where}: app_slot = {slot} is out of range {apps.SLOTS.start}-{apps.SLOTS.stop - 1}")
+    return slot
 
 
 def _typed(s, key, default, kind, where):
@@ -278,6 +291,7 @@ def _check_clashes(tunnels, path):
         claims += [("alias", a) for a in (t.alias, t.alias6) if a is not None]
         claims += [("priority", p) for p in t.priorities]
         claims += [("source subnet", n) for n in t.sources]
+        claims += [("app_slot", t.app_slot)] if t.app_slot is not None else []
         for kind, value in claims:
             other = seen.setdefault((kind, value), t.name)
             if other != t.name:

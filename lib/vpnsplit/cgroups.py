@@ -1,0 +1,114 @@
+"""Where a per-app tunnel's programs live: cgroup2 directories, and `vpnsplit run` starting one there.
+
+Where systemd is PID 1 the program runs in a transient scope of its own (`systemd-run --scope`,
+so systemd keeps owning the tree) and the mark program is attached to that scope; elsewhere
+vpnsplit makes `<cgroup2>/vpnsplit/NAME` and moves the program into it. Either way the
+program's children stay below, and so inside the tunnel. cgroup2 is found where it is mounted:
+`/sys/fs/cgroup` (the unified layout), or `/sys/fs/cgroup/unified` on a hybrid host.
+"""
+
+import logging
+import os
+import pwd
+import sys
+
+from vpnsplit import apps, bpf
+from vpnsplit.errors import InputError
+
+log = logging.getLogger("vpnsplit")
+UNIFIED = "/sys/fs/cgroup"
+
+
+def root(mountinfo="/proc/self/mountinfo"):
+    """The cgroup2 mount point: /sys/fs/cgroup if cgroup2 is there, else the first one mounted."""
+    points = []
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup2":
+                points.append(fields[4].replace("\\040", " "))
+    if UNIFIED in points:
+        return UNIFIED
+    if not points:
+        raise InputError("per-app tunnels need the cgroup2 hierarchy, and none is mounted (a legacy cgroup v1 layout): "
+                         "mount -t cgroup2 none /sys/fs/cgroup/unified")
+    log.info("cgroup2 is mounted at %s, not %s (a hybrid cgroup layout): using it", points[0], UNIFIED)
+    return points[0]
+
+
+def own(top):
+    """This process's cgroup directory under cgroup2 mount *top*."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return os.path.join(top, line[3:].strip().lstrip("/"))
+    raise InputError("this process is in no cgroup2 cgroup (/proc/self/cgroup has no 0:: line)")
+
+
+def app_cgroup(top, name):
+    """`vpnsplit run NAME`'s cgroup where systemd does not manage the tree."""
+    return os.path.join(top, "vpnsplit", name)
+
+
+def processes(path):
+    """How many processes the cgroup *path* and those below it hold now (None: no such cgroup)."""
+    if not os.path.isdir(path):
+        return None
+    count = 0
+    for where, _, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(where, "cgroup.procs")) as f:
+                    count += sum(1 for line in f if line.strip())
+            except OSError:
+                continue  # removed meanwhile
+    return count
+
+
+def systemd_booted():
+    """sd_booted(3): systemd is PID 1."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def user_of(name):
+    """The passwd entry to run as: *name* (--user), else sudo's invoking user, else None (stay who we are)."""
+    name = name or (os.environ.get("SUDO_USER") if os.geteuid() == 0 else None)
+    if not name or name == "root":
+        return None
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise InputError(f"run: no user {name!r}") from None
+
+
+def scope_argv(tunnel, config_path, user, command):
+    """`systemd-run --scope` re-running vpnsplit inside the new scope, which attaches and execs *command*."""
+    inner = [sys.executable, "-I", "-m", "vpnsplit", "run", "--config", config_path, "--in-scope"]
+    inner += ["--user", user.pw_name] if user else []
+    return ["systemd-run", "--scope", "--quiet", "--collect", f"--unit=vpnsplit-{tunnel.name}-{os.getpid()}",
+            f"--description=vpnsplit run {tunnel.name}", "--", *inner, tunnel.name, "--", *command]
+
+
+def start(tunnel, user, command, in_scope=False):
+    """Attach the mark program of *tunnel* to this process's cgroup-to-be, enter it, become *user*, exec *command*."""
+    top = root()
+    if in_scope:
+        cgroup = own(top)
+    else:
+        cgroup = app_cgroup(top, tunnel.name)
+        os.makedirs(cgroup, exist_ok=True)
+    bpf.attach(cgroup, apps.mark(tunnel.app_slot), tunnel.app_slot)
+    if not in_scope:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    log.debug("run: %s in cgroup %s", " ".join(command), cgroup)
+    if user:
+        os.initgroups(user.pw_name, user.pw_gid)
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+        os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        raise InputError(f"run: cannot run {command[0]!r}: {e.strerror}") from None

@@ -1,0 +1,105 @@
+"""Issue 16: programs under `vpnsplit run NAME` go through tunnel NAME, unbound sockets included,
+in the dual-stack world of test_sources_forward (the `fam` fixture: IPv4 and IPv6; the host runs
+with rp_filter = 1), with `app_slot = 3` (mark 0x83000000). The far end and the isp both hold the
+internet host, so the source address the far end sees and a counter on the isp side tell which way
+a program's packets went.
+"""
+
+import json
+
+import pytest
+
+from tests.kernel.applab import apps  # noqa: F401 (fixture)
+from tests.kernel.test_backstop import outside
+from tests.kernel.test_sources_forward import CONFIG, PRIO, TABLE, fam, world  # noqa: F401 (fixtures)
+
+APP_CONFIG = CONFIG + "app_slot = 3\n"
+MARK, MASK = 0x83000000, 0x8F000000
+
+
+@pytest.fixture
+def app_world(world, apps):
+    ns, ctr, far, isp = world
+    ns.write_config(APP_CONFIG)
+    return ns, far, isp, apps
+
+
+def received(listener_ns, address, port, sending, proto="udp"):
+    """(what the sending program got, what a listener at *address* saw)."""
+    listener = listener_ns.listen(address, port, proto)
+    try:
+        sent = sending()
+        return sent, listener.communicate(timeout=10)[0].strip()
+    finally:
+        listener.kill()
+
+
+def mark_rules(ns, fam):
+    return sorted((r["FRA_PRIORITY"], r["FRA_TABLE"], r.get("FRA_DST")) for r in ns.dump()["rules"]
+                  if r.get("FRA_FWMARK") == MARK and r.get("FRA_FWMASK") == MASK and r["family"] == (2 if fam.fam == 4 else 10))
+
+
+def test_program_and_its_children_leave_through_the_tunnel(app_world, fam):
+    ns, far, isp, apps = app_world
+    count = outside(isp)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    lan = fam.lan.split("/")[0]
+    assert mark_rules(ns, fam) == [(PRIO + 2, 254, lan), (PRIO + 3, TABLE, None)]
+    for proto in ("udp", "tcp"):
+        # unbound sockets: the tunnel address, chosen by the route lookup the mark steers (no NAT); replies pass rp_filter
+        got, seen = received(far, fam.internet, 5100, lambda: apps.send(proto, fam.internet, 5100), proto)
+        assert (got[0], got[2], seen) == ("sent", MARK, f"{fam.tunnel} hello"), proto
+        # a child, as another user: the same
+        got, seen = received(far, fam.internet, 5101, lambda: apps.send(proto, fam.internet, 5101, child=True, user="nobody"), proto)
+        assert (got[0], got[2], seen) == ("sent", MARK, f"{fam.tunnel} hello"), proto
+        # a `lan` destination is reached directly, from the uplink address
+        got, seen = received(isp, fam.isp, 5102, lambda: apps.send(proto, fam.isp, 5102), proto)
+        assert (got[0], seen) == ("sent", f"{fam.uplink} hello"), proto
+    assert count() == 0
+    # control: the same program outside `vpnsplit run` leaves by the isp with the uplink address
+    got, seen = received(isp, fam.internet, 5103, lambda: apps.send("tcp", fam.internet, 5103, tunnel=None), "tcp")
+    assert (got[0], got[2], seen) == ("sent", 0, f"{fam.uplink} hello")
+    assert count() > 0
+
+
+def test_strict_program_fails_at_once_and_nothing_leaves(app_world, fam):
+    ns, far, isp, apps = app_world
+    count = outside(isp)
+    # never applied: run converges the strict tunnel's down state first
+    assert apps.send("udp", fam.internet, 5200)[0] in ("ENETUNREACH", "EHOSTUNREACH")
+    assert mark_rules(ns, fam)[-1] == (PRIO + 3, TABLE, None)
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    # tunnel up, a socket bound to the uplink device: the tunnel's table has no route out of eth0, main has; the apps chain drops it
+    assert apps.send("udp", fam.internet, 5201, device="eth0")[0] == "EPERM"
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    for how in ({}, {"device": "eth0"}, {"source": fam.uplink}, {"device": "eth0", "source": fam.uplink}):
+        for proto in ("udp", "tcp"):
+            out, seconds, mark = apps.send(proto, fam.internet, 5202, **how)
+            assert out in ("ENETUNREACH", "EHOSTUNREACH", "EPERM", "ECONNREFUSED") and seconds < 1, (proto, how, out, seconds)
+    assert count() == 0
+    # a program started in the tunnel's cgroup after `vpnsplit run` made it is marked as well
+    assert apps.send("udp", fam.internet, 5203, tunnel=None, below="vpnsplit/vpn")[:3:2] == ("EHOSTUNREACH", MARK)
+    # control: without vpnsplit's mark rule and the apps chain, such a program leaves by the isp
+    ns.ip(f"-{fam.fam}", "rule", "del", "priority", str(PRIO + 3), "fwmark", f"{MARK:#x}/{MASK:#x}")
+    ns.exec("nft", "flush", "chain", "inet", "vpnsplit", "apps", check=True)
+    assert apps.send("udp", fam.internet, 5203, tunnel=None, below="vpnsplit/vpn")[:3:2] == ("sent", MARK)
+    assert count() > 0
+
+
+def test_forward_reaches_a_listener_inside_the_program(app_world, fam):
+    ns, far, isp, apps = app_world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    listener = apps.listen("::" if fam.fam == 6 else "0.0.0.0", 8080)
+    try:
+        assert far.send(fam.tunnel, 8080, "tcp") == "sent"
+        assert listener.communicate(timeout=10)[0].strip() == f"{fam.far} hello"
+    finally:
+        listener.kill()
+
+
+def test_status_and_nft_hold_the_app_entries(app_world, fam):
+    ns, far, isp, apps = app_world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    sets = {s["set"]["name"]: s["set"].get("elem", []) for s in json.loads(ns.exec("nft", "-j", "list", "table", "inet", "vpnsplit").stdout)["nftables"] if "set" in s}
+    assert sets["app_mark"] == [MARK] and sets["app_out"] == [{"concat": [MARK, "vpn0"]}]
+    assert ns.vpnsplit("check").returncode == 0
