@@ -13,6 +13,8 @@ connect or send at once; TIME_WAIT ACKs and RSTs carry it too.
 
 from typing import NamedTuple
 
+from vpnsplit.errors import InputError
+
 APP_FLAG, SLOT_BITS, SLOT_SHIFT = 0x80000000, 0x0F000000, 24
 APP_MASK = APP_FLAG | SLOT_BITS
 SLOTS = range(1, 16)
@@ -26,6 +28,29 @@ def mark(slot):
 def slot_of(value):
     """The slot a packet or socket mark carries, or None when it is not a per-app mark."""
     return (value & SLOT_BITS) >> SLOT_SHIFT if value & APP_FLAG and value & SLOT_BITS else None
+
+
+def from_config(section, where):
+    """(app_slot or None, cgroups, units) of a config *section*; InputError naming the bad value."""
+    slot = section.get("app_slot")
+    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int) or slot not in SLOTS):
+        raise InputError(f"{where}: app_slot = {slot!r} must be an integer {SLOTS.start}-{SLOTS.stop - 1}")
+    return slot, _paths(section, "cgroups", slot, where), _paths(section, "units", slot, where)
+
+
+def _paths(section, key, slot, where):
+    """`cgroups`: paths below the cgroup2 root ("system.slice/x.service"); `units`: unit paths as they
+    end ("transmission-daemon.service", "user@1000.service/app.slice/firefox.scope")."""
+    value = section.get(key, [])
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key} = {value!r} must be a list")
+    if value and slot is None:
+        raise InputError(f"{where}: {key} = {value!r} needs app_slot = 1..15 (the mark of the tunnel's programs)")
+    for item in value:
+        parts = item.split("/") if isinstance(item, str) else [""]
+        if any(p in ("", ".", "..") or not p.isprintable() for p in parts):
+            raise InputError(f"{where}: {key} entry {item!r} must be a relative cgroup path like \"system.slice/x.service\"")
+    return tuple(value)
 
 
 class AppConfine(NamedTuple):

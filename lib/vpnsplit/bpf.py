@@ -29,8 +29,15 @@ MARK_OFFSET = 16  # offsetof(struct bpf_sock, mark)
 NAME_PREFIX = "vpnsplit_app"
 ATTR_SIZE = 128  # larger than every union bpf_attr member used here; the kernel wants the tail zeroed
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc = []  # loaded on first use: most runs never ask
+
+
+def _syscall():
+    if not _libc:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _libc.append(libc)
+    return _libc[0].syscall
 
 
 def _insn(code, dst=0, src=0, off=0, imm=0):
@@ -53,7 +60,7 @@ def _bpf(cmd, attr):
     if number is None:
         raise KernelError(f"per-app tunnels: the bpf(2) syscall number of {os.uname().machine} is not known to vpnsplit")
     buf = ctypes.create_string_buffer(bytes(attr).ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
-    rc = _libc.syscall(number, cmd, buf, ATTR_SIZE)
+    rc = _syscall()(number, cmd, buf, ATTR_SIZE)
     if rc < 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return rc, buf

@@ -13,7 +13,7 @@ import pwd
 import sys
 
 from vpnsplit import apps, bpf
-from vpnsplit.errors import InputError
+from vpnsplit.errors import InputError, KernelError
 
 log = logging.getLogger("vpnsplit")
 UNIFIED = "/sys/fs/cgroup"
@@ -112,3 +112,61 @@ def start(tunnel, user, command, in_scope=False):
         os.execvp(command[0], command)
     except OSError as e:
         raise InputError(f"run: cannot run {command[0]!r}: {e.strerror}") from None
+
+
+def configured(tunnel, top):
+    """(what the config says, its cgroup directory or None while absent) for each of *tunnel*'s
+    `cgroups` and `units`, and `vpnsplit run`'s cgroup. A unit is the cgroup whose path ends with it."""
+    out = [(f"cgroup {c}", os.path.join(top, c)) for c in tunnel.cgroups]
+    if tunnel.units:
+        found = {}
+        for where, dirs, _ in os.walk(top):
+            for unit in tunnel.units:
+                if unit not in found and (where + "/").endswith("/" + unit + "/"):
+                    found[unit] = where
+        out += [(f"unit {u}", found.get(u)) for u in tunnel.units]
+    out.append(("vpnsplit run", app_cgroup(top, tunnel.name)))
+    return [(what, path if path and os.path.isdir(path) else None) for what, path in out]
+
+
+def cover(tunnel):
+    """Attach *tunnel*'s mark program to each of its cgroups that exists now. Never fails: a cgroup
+    that is absent (a stopped unit), no cgroup2 or a refused attach is a log line, so a hook run
+    still succeeds. Returns the cgroups it attached to anew."""
+    if not (tunnel.cgroups or tunnel.units):
+        return []
+    try:
+        top = root()
+        targets = configured(tunnel, top)
+    except (InputError, OSError) as e:
+        log.warning("tunnel %s: per-app cgroups not covered: %s", tunnel.name, e)
+        return []
+    done = []
+    for what, path in targets:
+        if path is None:
+            if what != "vpnsplit run":
+                log.info("tunnel %s: %s does not exist now: covered when it starts (vpnsplit attach)", tunnel.name, what)
+            continue
+        try:
+            if bpf.attach(path, apps.mark(tunnel.app_slot), tunnel.app_slot):
+                done.append(path)
+                log.info("tunnel %s: %s (%s) now goes through the tunnel", tunnel.name, what, path)
+        except (KernelError, OSError) as e:
+            log.warning("tunnel %s: %s not covered: %s", tunnel.name, what, e)
+    return done
+
+
+def attach_own(tunnel):
+    """`vpnsplit attach NAME` from a unit's ExecStartPre=: the unit's cgroup is this process's
+    (systemd runs control processes of a Delegate=yes unit in its `.control` child: the unit's is the parent)."""
+    cgroup = own(root())
+    if os.path.basename(cgroup) == ".control":
+        cgroup = os.path.dirname(cgroup)
+    bpf.attach(cgroup, apps.mark(tunnel.app_slot), tunnel.app_slot)
+    return cgroup
+
+
+def dropin(tunnel, unit, vpnsplit):
+    """The text of UNIT's drop-in that attaches each new cgroup of it on start."""
+    return (f"# vpnsplit unit-dropin {tunnel.name} {unit}: every start of {unit} attaches its new cgroup to tunnel "
+            f"{tunnel.name}\n[Service]\nExecStartPre=+{vpnsplit} attach {tunnel.name}\n")

@@ -3,11 +3,9 @@
 import argparse
 import json
 import logging
-import os
 import sys
 
 from vpnsplit import __version__, default_vpn, engine, runner, state, status
-from vpnsplit.errors import InputError
 from vpnsplit.kernel import Kernel
 
 log = logging.getLogger("vpnsplit")
@@ -34,6 +32,7 @@ examples:
   vpnsplit default              the same for the tunnel whose section says default = true (lowest id wins)
   vpnsplit default --off        the host's own default route back, exactly as it was
   vpnsplit run provider -- firefox   firefox and its children through tunnel provider (app_slot)
+  vpnsplit unit-dropin provider transmission-daemon.service   that service through provider on every start
   vpnsplit watch                stay in the foreground and put back what other programs remove
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
@@ -80,11 +79,9 @@ def _parser():
     ex.add_argument("--dns", action="store_true",
                     help="where a DNS query from SRC goes: to which resolver, and (when redirected) that query's path")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
-    run = command("run", "run a program (and its children) through a tunnel: every socket it opens, bound or not")
-    run.add_argument("name", metavar="NAME", help="the tunnel (its section needs app_slot)")
-    run.add_argument("--user", metavar="USER", help="run as USER (default: the user who ran sudo, else root)")
-    run.add_argument("--in-scope", action="store_true", help=argparse.SUPPRESS)  # inside systemd-run's scope
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the program and its arguments")
+    from vpnsplit import appcli
+
+    appcli.add_commands(command)
     return p
 
 
@@ -219,32 +216,6 @@ def cmd_check(args, cfg):
     return 0 if in_sync else EXIT_DRIFT
 
 
-def cmd_run(args, cfg):
-    """Converge the tunnel first, so the program's traffic never finds no rule: as `up NAME` while
-    a connection is recorded, else as `down NAME` (with strict: fail closed; never brings a tunnel
-    up that is down); then start the program in the tunnel's cgroup."""
-    from vpnsplit import cgroups
-
-    tunnel = cfg.tunnel(args.name)
-    command = list(args.cmd)
-    while command[:1] and command[0].startswith("--user"):  # after NAME, where REMAINDER took it
-        option = command.pop(0)
-        args.user = option.partition("=")[2] if "=" in option else (command.pop(0) if command else "")
-    command = command[1:] if command[:1] == ["--"] else command
-    if tunnel.app_slot is None:
-        raise InputError(f"run: tunnel {tunnel.name} has no app_slot: set app_slot = 1..15 in [tunnel.{tunnel.name}]")
-    if not command:
-        raise InputError("run: no command given: vpnsplit run NAME -- CMD [ARGS...]")
-    user = cgroups.user_of(args.user)
-    if not args.in_scope:
-        connected = state.StateDir(state.dir_from()).record(tunnel.name).lease is not None
-        (cmd_up if connected else cmd_down)(argparse.Namespace(all=False, name=tunnel.name), cfg)
-        if cgroups.systemd_booted():
-            argv = cgroups.scope_argv(tunnel, cfg.path, user, command)
-            os.execvp(argv[0], argv)
-    cgroups.start(tunnel, user, command, in_scope=args.in_scope)
-
-
 def cmd_watch(args, cfg):
     from vpnsplit import watch
 
@@ -252,8 +223,10 @@ def cmd_watch(args, cfg):
 
 
 def main(argv=None):
+    from vpnsplit import appcli
+
     args = _parser().parse_args(argv)
     runner.setup_logging(f"vpnsplit {args.command}", quiet=args.quiet)
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default,
-               "watch": cmd_watch, "run": cmd_run}[args.command]
+               "watch": cmd_watch, **appcli.COMMANDS}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

@@ -68,6 +68,9 @@ class Tunnel(NamedTuple):
     server_names: tuple = ()
     # per-app tunnels: the slot of the mark its programs' sockets carry (apps.mark), None: no programs
     app_slot: int | None = None
+    # cgroup2 paths (relative to its root) and systemd units whose processes go through the tunnel (cgroups.py)
+    cgroups: tuple = ()
+    units: tuple = ()
 
     @property
     def alias_dev(self):
@@ -177,7 +180,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers", "dns", "app_slot"}
+         "default", "servers", "dns", "app_slot", "cgroups", "units"}
 
 
 def _tunnel(name, s, where):
@@ -217,7 +220,7 @@ def _tunnel(name, s, where):
     alias_device = s.get("alias_device")
     sources = _networks(s, "sources", where)
     lan = _networks(s, "lan", where)
-    app_slot = _app_slot(s, where)
+    app_slot, cgroups, units = apps.from_config(s, where)
     if lan and not sources and app_slot is None:
         raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources and programs (app_slot), and there are none")
     forward = addresses.port_forwards(s.get("forward", []), where)
@@ -245,16 +248,9 @@ def _tunnel(name, s, where):
         dns=dns.from_config(s.get("dns", []), where),
         server_names=tuple(a for a in servers if addresses.is_host_name(a)),
         app_slot=app_slot,
+        cgroups=cgroups,
+        units=units,
     )
-
-
-def _app_slot(s, where):
-    if "app_slot" not in s:
-        return None
-    slot = _int(s, "app_slot", where)
-    if slot not in apps.SLOTS:
-        raise InputError(f"{where}: app_slot = {slot} is out of range {apps.SLOTS.start}-{apps.SLOTS.stop - 1}")
-    return slot
 
 
 def _typed(s, key, default, kind, where):

@@ -91,6 +91,11 @@ class Apps:
         return subprocess.run(self.argv([str(c) for c in cmd], tunnel, user), capture_output=True, text=True, timeout=60,
                               preexec_fn=lambda: self._enter(below))
 
+    def vpnsplit(self, *args, below=""):
+        """`vpnsplit ARGS` in the namespace where cgroup2 is visible, started in the cgroup *below* the test's."""
+        env = [f"{k}={v}" for k, v in self.ns.env().items()]
+        return self.run("/usr/bin/env", "-i", *env, *VPNSPLIT, *args, tunnel=None, below=below)
+
     def send(self, proto, addr, port, source="", device="", tunnel="vpn", child=False, user=None, below=""):
         """(result, seconds, the socket's mark) of SEND run as a program of *tunnel* (or as its child)."""
         cmd = [sys.executable, "-c", SEND, proto, addr, port, source, device]

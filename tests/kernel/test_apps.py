@@ -6,6 +6,7 @@ a program's packets went.
 """
 
 import json
+import os
 
 import pytest
 
@@ -103,3 +104,48 @@ def test_status_and_nft_hold_the_app_entries(app_world, fam):
     sets = {s["set"]["name"]: s["set"].get("elem", []) for s in json.loads(ns.exec("nft", "-j", "list", "table", "inet", "vpnsplit").stdout)["nftables"] if "set" in s}
     assert sets["app_mark"] == [MARK] and sets["app_out"] == [{"concat": [MARK, "vpn0"]}]
     assert ns.vpnsplit("check").returncode == 0
+
+
+def test_configured_cgroups_and_units_are_covered_when_they_exist(app_world, fam):
+    ns, far, isp, apps = app_world
+    ns.write_config(APP_CONFIG + 'cgroups = ["svc/a"]\nunits = ["b.service"]\n')
+    count = outside(isp)
+    # absent cgroups, and a hook run that sees no cgroup2 at all (ip netns exec remounts /sys): never a failure
+    up = apps.vpnsplit("up", "vpn")
+    assert up.returncode == 0 and "cgroup svc/a does not exist now" in up.stderr, up.stderr
+    hook = ns.vpnsplit("up", "vpn")
+    assert hook.returncode == 0 and "per-app cgroups not covered" in hook.stderr, hook.stderr
+    for below in ("svc/a", "system.slice/b.service"):
+        os.makedirs(os.path.join(apps.cgroup, below))
+    assert apps.vpnsplit("up", "vpn").returncode == 0
+    for port, below in ((5300, "svc/a"), (5301, "system.slice/b.service")):
+        got, seen = received(far, fam.internet, port, lambda: apps.send("udp", fam.internet, port, tunnel=None, below=below))
+        assert (got[0], got[2], seen) == ("sent", MARK, f"{fam.tunnel} hello"), below
+    assert count() == 0
+    # control: a cgroup the config does not name is not covered
+    os.makedirs(os.path.join(apps.cgroup, "svc/c"))
+    assert apps.send("udp", fam.internet, 5302, tunnel=None, below="svc/c")[:3:2] == ("sent", 0)
+    assert count() > 0
+
+
+def test_a_unit_restarted_20_times_attaches_each_new_cgroup_itself(app_world, fam):
+    """What the drop-in of `vpnsplit unit-dropin` does: `vpnsplit attach NAME` as ExecStartPre= in each new cgroup."""
+    ns, far, isp, apps = app_world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    count, arrived = outside(isp), outside(far)
+    unit = os.path.join(apps.cgroup, "system.slice", "d.service")
+    for start in range(20):
+        os.makedirs(unit)
+        attach = apps.vpnsplit("attach", "vpn", below="system.slice/d.service")
+        assert attach.returncode == 0, attach.stderr
+        assert apps.send("udp", fam.internet, 5400, tunnel=None, below="system.slice/d.service")[:3:2] == ("sent", MARK), start
+        os.rmdir(unit)  # stopped: systemd removes the unit's cgroup
+    assert count() == 0 and arrived() == 60
+    dropin = apps.vpnsplit("unit-dropin", "vpn", "d.service", "--dir", str(ns.tmp / "units"))
+    assert dropin.returncode == 0, dropin.stderr
+    text = (ns.tmp / "units" / "d.service.d" / "vpnsplit-vpn.conf").read_text()
+    assert "\n[Service]\nExecStartPre=+" in text and text.endswith(" attach vpn\n")
+    # control: a new cgroup without the attach is not covered
+    os.makedirs(unit)
+    assert apps.send("udp", fam.internet, 5401, tunnel=None, below="system.slice/d.service")[:3:2] == ("sent", 0)
+    assert count() > 0
