@@ -170,3 +170,34 @@ def dropin(tunnel, unit, vpnsplit):
     """The text of UNIT's drop-in that attaches each new cgroup of it on start."""
     return (f"# vpnsplit unit-dropin {tunnel.name} {unit}: every start of {unit} attaches its new cgroup to tunnel "
             f"{tunnel.name}\n[Service]\nExecStartPre=+{vpnsplit} attach {tunnel.name}\n")
+
+
+def report(tunnel):
+    """For `status`: *tunnel*'s per-app mark and each of its cgroups (path, processes now, whether the
+    mark program is attached: None where that cannot be asked), with the problems found. None without app_slot."""
+    if tunnel.app_slot is None:
+        return None
+    out = {"mark": f"{apps.mark(tunnel.app_slot):#x}", "cgroups": [], "problems": []}
+    try:
+        targets = configured(tunnel, root())
+    except (InputError, OSError) as e:
+        out["note"] = str(e)
+        return out
+    for what, path in targets:
+        attached = None
+        if path is not None:
+            try:
+                attached = bpf.name_of(tunnel.app_slot) in bpf.attached(path)
+            except OSError:
+                pass  # asking needs CAP_SYS_ADMIN
+        out["cgroups"].append({"what": what, "path": path, "processes": processes(path) if path else None, "attached": attached})
+        if attached is False and what != "vpnsplit run":
+            out["problems"].append(f"{what} runs without the tunnel's mark program: vpnsplit up {tunnel.name} attaches it")
+    return out
+
+
+def describe(r):
+    """The report's line for people."""
+    parts = [f"{c['what']}: " + ("not running" if c["path"] is None else f"{c['processes']} process(es)"
+                                 + ("" if c["attached"] is not False else ", NOT attached")) for c in r["cgroups"]]
+    return f"  apps: mark {r['mark']}; " + ("; ".join(parts) if parts else r.get("note", ""))

@@ -74,6 +74,12 @@ def status(kernel, statedir, tunnel):
                  f"net.ipv6.conf.all.forwarding = 0 resets it)"
                  for v, devs in switched.items() for dev in sorted(devs) if sysctl.switch(dev, v) is False]
     ipv6 = 6 in versions
+    programs = None
+    if tunnel.app_slot is not None:
+        from vpnsplit import cgroups
+
+        programs = cgroups.report(tunnel)
+        problems += programs["problems"]
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -99,6 +105,8 @@ def status(kernel, statedir, tunnel):
         "forwarding6_all": sysctl.all_forwarding6() if ipv6 else None,
         "forwarding6_per_device": sysctl.per_device6() if ipv6 else None,
         "stale": stale,
+        # per-app tunnels: the mark, and each cgroup with its processes now (cgroups.report)
+        "apps": programs,
         "in_sync": not problems,
         "problems": problems,
     }
@@ -133,6 +141,10 @@ def describe(r):
                      f"vpnsplit up {r['tunnel']} or vpnsplit up --all applies it")
     if r["dns"]:
         lines.append(f"  dns: {' '.join(r['dns'])} ({'pushed by the VPN' if r['dns_from'] == 'vpn' else 'dns key'})")
+    if r["apps"]:
+        from vpnsplit import cgroups
+
+        lines.append(cgroups.describe(r["apps"]))
     lines += _objects(r, "absent " if r["state"] == "not applied" else "MISSING")
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     how6 = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"

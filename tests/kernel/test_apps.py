@@ -92,6 +92,8 @@ def test_forward_reaches_a_listener_inside_the_program(app_world, fam):
     assert ns.vpnsplit("up", "vpn").returncode == 0
     listener = apps.listen("::" if fam.fam == 6 else "0.0.0.0", 8080)
     try:
+        status = apps.vpnsplit("status", "vpn")
+        assert "apps: mark 0x83000000; vpnsplit run: 1 process(es)" in status.stdout, status.stdout
         assert far.send(fam.tunnel, 8080, "tcp") == "sent"
         assert listener.communicate(timeout=10)[0].strip() == f"{fam.far} hello"
     finally:
@@ -117,7 +119,14 @@ def test_configured_cgroups_and_units_are_covered_when_they_exist(app_world, fam
     assert hook.returncode == 0 and "per-app cgroups not covered" in hook.stderr, hook.stderr
     for below in ("svc/a", "system.slice/b.service"):
         os.makedirs(os.path.join(apps.cgroup, below))
+    # they exist now, without the mark program: check says so (exit 3), up attaches, check is content
+    check = apps.vpnsplit("check", "vpn")
+    assert check.returncode == 3 and "cgroup svc/a runs without the tunnel's mark program" in check.stderr, check.stderr
     assert apps.vpnsplit("up", "vpn").returncode == 0
+    assert apps.vpnsplit("check", "vpn").returncode == 0
+    report = json.loads(apps.vpnsplit("status", "--json").stdout)["tunnels"][0]["apps"]
+    assert report["mark"] == hex(MARK) and [(c["what"], c["processes"], c["attached"]) for c in report["cgroups"]] == [
+        ("cgroup svc/a", 0, True), ("unit b.service", 0, True), ("vpnsplit run", None, None)]
     for port, below in ((5300, "svc/a"), (5301, "system.slice/b.service")):
         got, seen = received(far, fam.internet, port, lambda: apps.send("udp", fam.internet, port, tunnel=None, below=below))
         assert (got[0], got[2], seen) == ("sent", MARK, f"{fam.tunnel} hello"), below
