@@ -70,10 +70,11 @@ def host_cgroup2():
 
 
 class Apps:
-    """Starts programs for namespace *ns* (a NetnsLab) in the test's cgroup *cgroup*."""
+    """Starts programs in network namespace *netns*, with vpnsplit's *env* (config, state
+    directory), in the test's cgroup *cgroup*."""
 
-    def __init__(self, ns, cgroup):
-        self.ns, self.cgroup = ns, cgroup
+    def __init__(self, netns, env, cgroup):
+        self.netns, self.env, self.cgroup = netns, env, cgroup
 
     def _enter(self, below=""):
         with open(os.path.join(self.cgroup, below, "cgroup.procs"), "w") as f:
@@ -82,9 +83,9 @@ class Apps:
     def argv(self, cmd, tunnel="vpn", user=None):
         """*cmd* under `vpnsplit run TUNNEL` (None: run it plainly, outside any tunnel)."""
         if tunnel is not None:
-            env = [f"{k}={v}" for k, v in self.ns.env().items()]
+            env = [f"{k}={v}" for k, v in self.env.items()]
             cmd = ["/usr/bin/env", "-i", *env, *VPNSPLIT, "run", tunnel, *(["--user", user] if user else []), "--", *cmd]
-        return ["unshare", "--cgroup", "--mount", "--propagation", "private", "--", sys.executable, "-c", ENTER, self.ns.name, *cmd]
+        return ["unshare", "--cgroup", "--mount", "--propagation", "private", "--", sys.executable, "-c", ENTER, self.netns, *cmd]
 
     def run(self, *cmd, tunnel="vpn", user=None, below=""):
         """*cmd* under `vpnsplit run TUNNEL`, or with tunnel None started plainly in the cgroup *below* the test's."""
@@ -93,7 +94,7 @@ class Apps:
 
     def vpnsplit(self, *args, below=""):
         """`vpnsplit ARGS` in the namespace where cgroup2 is visible, started in the cgroup *below* the test's."""
-        env = [f"{k}={v}" for k, v in self.ns.env().items()]
+        env = [f"{k}={v}" for k, v in self.env.items()]
         return self.run("/usr/bin/env", "-i", *env, *VPNSPLIT, *args, tunnel=None, below=below)
 
     def send(self, proto, addr, port, source="", device="", tunnel="vpn", child=False, user=None, below=""):
@@ -131,10 +132,16 @@ def remove_cgroup(path):
 
 
 @pytest.fixture
-def apps(ns):
+def app_cgroup():
+    """A cgroup of the test's own under the host's cgroup2, removed with all below it."""
     cgroup = os.path.join(host_cgroup2(), f"vsk-app-{os.getpid()}-{next(_serial)}")
     os.mkdir(cgroup)
     try:
-        yield Apps(ns, cgroup)
+        yield cgroup
     finally:
         remove_cgroup(cgroup)
+
+
+@pytest.fixture
+def apps(ns, app_cgroup):
+    return Apps(ns.name, ns.env(), app_cgroup)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.kernel.applab import apps  # noqa: F401 (fixture)
+from tests.kernel.applab import app_cgroup, apps  # noqa: F401 (fixtures)
 from tests.kernel.test_backstop import outside
 from tests.kernel.test_sources_forward import CONFIG, PRIO, TABLE, fam, world  # noqa: F401 (fixtures)
 
