@@ -118,15 +118,20 @@ def configured(tunnel, top):
     """(what the config says, its cgroup directory or None while absent) for each of *tunnel*'s
     `cgroups` and `units`, and `vpnsplit run`'s cgroup. A unit is the cgroup whose path ends with it."""
     out = [(f"cgroup {c}", os.path.join(top, c)) for c in tunnel.cgroups]
-    if tunnel.units:
-        found = {}
-        for where, dirs, _ in os.walk(top):
-            for unit in tunnel.units:
-                if unit not in found and (where + "/").endswith("/" + unit + "/"):
-                    found[unit] = where
-        out += [(f"unit {u}", found.get(u)) for u in tunnel.units]
+    found = find_units(top, tunnel.units)
+    out += [(f"unit {u}", found.get(u)) for u in tunnel.units]
     out.append(("vpnsplit run", app_cgroup(top, tunnel.name)))
     return [(what, path if path and os.path.isdir(path) else None) for what, path in out]
+
+
+def find_units(top, units):
+    """unit -> the cgroup directory whose path ends with it, for those of *units* that run now."""
+    found = {}
+    for where, _, _ in os.walk(top) if units else ():
+        for unit in units:
+            if unit not in found and (where + "/").endswith("/" + unit + "/"):
+                found[unit] = where
+    return found
 
 
 def cover(tunnel):

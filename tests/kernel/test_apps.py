@@ -94,6 +94,10 @@ def test_forward_reaches_a_listener_inside_the_program(app_world, fam):
     try:
         status = apps.vpnsplit("status", "vpn")
         assert "apps: mark 0x83000000; vpnsplit run: 1 process(es)" in status.stdout, status.stdout
+        explained = apps.vpnsplit("explain", "--pid", str(listener.pid), fam.internet, "--json")
+        report = json.loads(explained.stdout)
+        assert (report["cgroup"], report["mark"], report["tunnel"], report["device"], report["source"]) == (
+            "/vpnsplit/vpn", MARK, "vpn", "vpn0", fam.tunnel), explained.stderr
         assert far.send(fam.tunnel, 8080, "tcp") == "sent"
         assert listener.communicate(timeout=10)[0].strip() == f"{fam.far} hello"
     finally:
@@ -131,6 +135,12 @@ def test_configured_cgroups_and_units_are_covered_when_they_exist(app_world, fam
         got, seen = received(far, fam.internet, port, lambda: apps.send("udp", fam.internet, port, tunnel=None, below=below))
         assert (got[0], got[2], seen) == ("sent", MARK, f"{fam.tunnel} hello"), below
     assert count() == 0
+    explained = apps.vpnsplit("explain", "--unit", "b.service", fam.internet).stdout
+    assert explained.startswith("unit b.service: cgroup /system.slice/b.service: its sockets get mark 0x83000000 "
+                                "(program on /system.slice/b.service), tunnel vpn\n") and f"dev vpn0, source {fam.tunnel}" in explained
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    explained = apps.vpnsplit("explain", "--unit", "b.service", fam.internet).stdout
+    assert "unreachable (strict: the tunnel is down; nothing leaves)" in explained, explained
     # control: a cgroup the config does not name is not covered
     os.makedirs(os.path.join(apps.cgroup, "svc/c"))
     assert apps.send("udp", fam.internet, 5302, tunnel=None, below="svc/c")[:3:2] == ("sent", 0)
