@@ -10,7 +10,7 @@ loaded with the bpf(2) syscall through ctypes: no compiler, no bcc, no new depen
 
 The program stays attached while the cgroup exists, after the loading process is gone. Several
 programs may be attached (BPF_F_ALLOW_MULTI, as systemd attaches its own); vpnsplit's carry the
-name `vpnsplit_app<SLOT>`, by which a re-run finds them (idempotent attach) and detach removes them.
+name `vpnsplit_app<SLOT>`, by which a re-run finds them (idempotent attach).
 """
 
 import ctypes
@@ -147,26 +147,5 @@ def attach(cgroup, mark, slot):
         return True
     except OSError as e:
         raise KernelError(f"per-app tunnels: cannot attach the socket-mark program to cgroup {cgroup}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def detach(cgroup):
-    """Detach every vpnsplit program from *cgroup*; absent programs (or cgroup) are fine. The count detached."""
-    try:
-        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return 0
-    done = 0
-    try:
-        for prog_id in _attached_ids(fd):
-            prog = _prog_fd(prog_id)
-            try:
-                if _name(prog).startswith(NAME_PREFIX):
-                    _bpf(PROG_DETACH, struct.pack("<IIII", fd, prog, CGROUP_INET_SOCK_CREATE, 0))
-                    done += 1
-            finally:
-                os.close(prog)
-        return done
     finally:
         os.close(fd)

@@ -93,15 +93,15 @@ def scope_argv(tunnel, config_path, user, command):
 def start(tunnel, user, command, in_scope=False):
     """Attach the mark program of *tunnel* to this process's cgroup-to-be, enter it, become *user*, exec *command*."""
     top = root()
-    if in_scope:
-        cgroup = own(top)
-    else:
-        cgroup = app_cgroup(top, tunnel.name)
+    cgroup = own(top) if in_scope else app_cgroup(top, tunnel.name)
+    try:
         os.makedirs(cgroup, exist_ok=True)
-    bpf.attach(cgroup, apps.mark(tunnel.app_slot), tunnel.app_slot)
-    if not in_scope:
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+        bpf.attach(cgroup, apps.mark(tunnel.app_slot), tunnel.app_slot)
+        if not in_scope:  # after the attach: no socket of it is ever unmarked
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+    except OSError as e:
+        raise KernelError(f"run: cannot use cgroup {cgroup}: {e.strerror}") from None
     log.debug("run: %s in cgroup %s", " ".join(command), cgroup)
     if user:
         os.initgroups(user.pw_name, user.pw_gid)
