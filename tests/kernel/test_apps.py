@@ -7,6 +7,9 @@ a program's packets went.
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -16,6 +19,40 @@ from tests.kernel.test_sources_forward import CONFIG, PRIO, TABLE, fam, world  #
 
 APP_CONFIG = CONFIG + "app_slot = 3\n"
 MARK, MASK = 0x83000000, 0x8F000000
+
+# the app: connect, send, close first (active close: TIME_WAIT here), print the local port
+CLOSE = """
+import socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(5); s.connect((addr, port)); s.sendall(b"bye"); local = s.getsockname()[1]
+s.close(); time.sleep(0.5); print(local)
+"""
+LISTEN_CLOSE = """
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((addr, port)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(5)
+while c.recv(100): pass
+c.close()
+"""
+# a bare TCP ACK from far's internet host to the app's TIME_WAIT socket, far outside its window
+POKE = """
+import socket, struct, sys
+src, dst, sport, dport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+v6 = ":" in dst
+fam = socket.AF_INET6 if v6 else socket.AF_INET
+hdr = struct.pack("!HHIIBBHHH", sport, dport, 12345, 67890, 5 << 4, 0x10, 1024, 0, 0)
+pseudo = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst) + (struct.pack("!IxxxB", len(hdr), 6) if v6 else struct.pack("!xBH", 6, len(hdr)))
+data = pseudo + hdr
+total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+while total >> 16: total = (total & 0xffff) + (total >> 16)
+hdr = hdr[:16] + struct.pack("!H", ~total & 0xffff) + hdr[18:]
+s = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.bind((src, 0))
+for _ in range(3): s.sendto(hdr, (dst, 0))
+"""
 
 
 @pytest.fixture
@@ -167,4 +204,36 @@ def test_a_unit_restarted_20_times_attaches_each_new_cgroup_itself(app_world, fa
     # control: a new cgroup without the attach is not covered
     os.makedirs(unit)
     assert apps.send("udp", fam.internet, 5401, tunnel=None, below="system.slice/d.service")[:3:2] == ("sent", 0)
+    assert count() > 0
+
+
+def test_time_wait_acks_of_a_closed_connection_carry_the_mark(app_world, fam):
+    """A program's connection closed first by the program (its TIME_WAIT socket stays in the kernel);
+    the tunnel goes down; the far end pokes the socket out of window: the TIME_WAIT ACK carries the
+    program's mark (the kernel keeps it as tw_mark), so it meets the strict unreachable route, not main.
+    rp_filter off: otherwise the poke itself is dropped (its reverse path left with the tunnel)."""
+    ns, far, isp, apps = app_world
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    listener = subprocess.Popen(["ip", "netns", "exec", far.name, sys.executable, "-c", LISTEN_CLOSE, fam.internet, "5600"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        port = int(apps.run(sys.executable, "-c", CLOSE, fam.internet, 5600).stdout.split()[-1])
+        listener.wait(5)
+    finally:
+        listener.kill()
+    assert f":{port} " in ns.exec("ss", "-tanH", "state", "time-wait").stdout
+    assert ns.vpnsplit("down", "vpn").returncode == 0
+    ns.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.vpn0.rp_filter=0", check=True)
+    count = outside(isp)
+    far.exec(sys.executable, "-c", POKE, fam.internet, fam.tunnel, "5600", str(port), check=True)
+    time.sleep(0.6)  # and past tcp_invalid_ratelimit (0.5 s) for the control's ACK
+    assert count() == 0
+    # control: without the mark's rule and the apps chain the same ACK leaves by the isp
+    ns.ip(f"-{fam.fam}", "rule", "del", "priority", str(PRIO + 3), "fwmark", f"{MARK:#x}/{MASK:#x}")
+    ns.exec("nft", "flush", "chain", "inet", "vpnsplit", "apps", check=True)
+    far.exec(sys.executable, "-c", POKE, fam.internet, fam.tunnel, "5600", str(port), check=True)
+    deadline = time.monotonic() + 3
+    while count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert count() > 0
