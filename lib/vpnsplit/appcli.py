@@ -36,7 +36,7 @@ def cmd_run(args, cfg):
         args.user = option.partition("=")[2] if "=" in option else (command.pop(0) if command else "")
     command = command[1:] if command[:1] == ["--"] else command
     if not command:
-        raise InputError("run: no command given: vpnsplit run NAME -- CMD [ARGS...]")
+        raise InputError("no command given: vpnsplit run NAME -- CMD [ARGS...]")
     user = cgroups.user_of(args.user)
     if not args.in_scope:
         _converge_app(tunnel, cfg)
@@ -49,7 +49,7 @@ def cmd_run(args, cfg):
 def _app_tunnel(args, cfg):
     tunnel = cfg.tunnel(args.name)
     if tunnel.app_slot is None:
-        raise InputError(f"{args.command}: tunnel {tunnel.name} has no app_slot: set app_slot = 1..15 in [tunnel.{tunnel.name}]")
+        raise InputError(f"tunnel {tunnel.name} has no app_slot: set app_slot = 1..15 in [tunnel.{tunnel.name}]")
     return tunnel
 
 
@@ -71,7 +71,7 @@ def cmd_attach(args, cfg):
 def cmd_unit_dropin(args, cfg):
     tunnel = _app_tunnel(args, cfg)
     if "/" in args.unit or not args.unit.endswith(".service"):
-        raise InputError(f"unit-dropin: {args.unit!r} is not a service name (a scope has no ExecStartPre=: list it in units)")
+        raise InputError(f"{args.unit!r} is not a service name (a scope has no ExecStartPre=: list it in units)")
     path = os.path.join(args.dir, f"{args.unit}.d", f"vpnsplit-{tunnel.name}.conf")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

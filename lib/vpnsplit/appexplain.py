@@ -23,17 +23,17 @@ def cgroup_of(pid):
                 if line.startswith("0::"):
                     path = line[3:].strip()
                     if path.startswith("/.."):
-                        raise InputError(f"explain --pid: process {pid} is outside this cgroup namespace ({path})")
+                        raise InputError(f"--pid: process {pid} is outside this cgroup namespace ({path})")
                     return path
     except (OSError, ValueError):
         pass
-    raise InputError(f"explain --pid: no process {pid!r} (or it is in no cgroup2 cgroup)")
+    raise InputError(f"--pid: no process {pid!r} (or it is in no cgroup2 cgroup)")
 
 
 def unit_cgroup(top, unit):
     path = cgroups.find_units(top, [unit]).get(unit)
     if path is None:
-        raise InputError(f"explain --unit: no cgroup of {unit!r} exists now (is it running?)")
+        raise InputError(f"--unit: no cgroup of {unit!r} exists now (is it running?)")
     return "/" + os.path.relpath(path, top)
 
 
@@ -55,7 +55,7 @@ def explain_program(kernel, tunnels, top, cgroup, dst=None):
     try:
         mark, where = mark_of(top, cgroup)
     except OSError as e:
-        raise InputError(f"explain: cannot read the cgroup's mark programs ({e.strerror}): run it as root") from None
+        raise InputError(f"cannot read the cgroup's mark programs ({e.strerror}): run it as root") from None
     by_slot = {t.app_slot: t for t in tunnels.values() if t.app_slot is not None}
     tunnel = by_slot.get(apps.slot_of(mark)) if mark else None
     out = {"cgroup": cgroup, "mark": mark, "marked_by": where, "tunnel": tunnel.name if tunnel else None, "dst": str(dst)}

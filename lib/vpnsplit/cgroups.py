@@ -79,7 +79,7 @@ def user_of(name):
     try:
         return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        raise InputError(f"run: no user {name!r}") from None
+        raise InputError(f"--user: no user {name!r}") from None
 
 
 def scope_argv(tunnel, config_path, user, command):
@@ -101,7 +101,7 @@ def start(tunnel, user, command, in_scope=False):
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
     except OSError as e:
-        raise KernelError(f"run: cannot use cgroup {cgroup}: {e.strerror}") from None
+        raise KernelError(f"cannot use cgroup {cgroup}: {e.strerror}") from None
     log.debug("run: %s in cgroup %s", " ".join(command), cgroup)
     if user:
         os.initgroups(user.pw_name, user.pw_gid)
@@ -111,7 +111,7 @@ def start(tunnel, user, command, in_scope=False):
     try:
         os.execvp(command[0], command)
     except OSError as e:
-        raise InputError(f"run: cannot run {command[0]!r}: {e.strerror}") from None
+        raise InputError(f"cannot run {command[0]!r}: {e.strerror}") from None
 
 
 def configured(tunnel, top):
