@@ -24,7 +24,8 @@ SPAWNING = {"run", "Popen", "popen", "call", "exec", "argv", "check_output", "ch
 # scripts assembled in f-strings). The runtime check in tests/conftest.py keeps this honest.
 NAMED_ELSEWHERE = {
     "wireguard-go": "tests/lab/wireguard.py: WG_QUICK_USERSPACE_IMPLEMENTATION, wg-quick starts it",
-    "mount": "tests/kernel/test_file_safety.py: run_on_tmpfs's script",
+    "mount": "tests/kernel/test_file_safety.py: run_on_tmpfs's script; tests/kernel/applab.py: ENTER mounts cgroup2",
+    "nsenter": "tests/kernel/applab.py: ENTER execs it (inside unshare's new mount namespace)",
     "dd": "tests/kernel/test_file_safety.py: run_on_tmpfs's setup scripts",
     "touch": "tests/kernel/test_file_safety.py: run_on_tmpfs's setup scripts",
     "date": "tests/lab/resolvers.py: the timing wrapper script around a lookup",

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from vpnsplit import __version__, default_vpn, engine, runner, state, status
+from vpnsplit.errors import InputError
 from vpnsplit.kernel import Kernel
 
 log = logging.getLogger("vpnsplit")
@@ -29,9 +30,12 @@ examples:
   vpnsplit check                exit 3 if the kernel drifted from the recorded state
   vpnsplit explain 10.192.8.1   where a packet from the alias goes: rule, table, next hop, NAT
   vpnsplit explain 10.20.1.5 --dns   where a DNS query from a container goes (its tunnel's resolver?)
+  vpnsplit explain --pid 4242   where the packets of process 4242 go (a program of a per-app tunnel?)
   vpnsplit default provider     all internet traffic through tunnel provider (a kill switch with strict)
   vpnsplit default              the same for the tunnel whose section says default = true (lowest id wins)
   vpnsplit default --off        the host's own default route back, exactly as it was
+  vpnsplit run provider -- firefox   firefox and its children through tunnel provider (app_slot)
+  vpnsplit unit-dropin provider transmission-daemon.service   that service through provider on every start
   vpnsplit watch                stay in the foreground and put back what other programs remove
 
 exit codes: 0 done or in sync; 1 the kernel refused a step (rolled back) or the lock timed out;
@@ -74,11 +78,17 @@ def _parser():
 
     watch.add_arguments(command("watch", watch.SUMMARY))
     ex = command("explain", "where does a packet from SRC go: rule, table, next hop, NAT, strict drop")
-    ex.add_argument("src", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...)")
+    ex.add_argument("src", nargs="?", metavar="SRC", help="source address (an alias, a tunnel address, a container's address...); "
+                                                        "with --pid or --unit: DST")
     ex.add_argument("dst", nargs="?", metavar="DST", help="destination (default: an internet address, 192.0.2.1 / 2001:db8::1)")
+    ex.add_argument("--pid", metavar="PID", help="where packets of process PID (a program of a per-app tunnel?) go")
+    ex.add_argument("--unit", metavar="UNIT", help="the same for the processes of systemd unit UNIT")
     ex.add_argument("--dns", action="store_true",
                     help="where a DNS query from SRC goes: to which resolver, and (when redirected) that query's path")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
+    from vpnsplit import appcli
+
+    appcli.add_commands(command)
     return p
 
 
@@ -115,6 +125,10 @@ def cmd_default(args, cfg):
 def cmd_explain(args, cfg):
     from vpnsplit import explain  # here: it imports pyroute2, which no other command needs to
 
+    if args.pid or args.unit:
+        return _explain_program(args, cfg)
+    if args.src is None:
+        raise InputError("explain: give SRC, or --pid PID / --unit UNIT")
     explain.addresses(args.src, args.dst)  # before the kernel is asked anything
     kernel = Kernel()
     try:
@@ -129,6 +143,18 @@ def cmd_explain(args, cfg):
         print(f"{args.src}: dns: {report['dns']['text']}" + ("\n" + explain.describe(report) if report["dns"].get("routed") else ""))
     else:
         print(explain.describe(report))
+    return 0
+
+
+def _explain_program(args, cfg):
+    from vpnsplit import appexplain
+
+    kernel = Kernel()
+    try:
+        report, text = appexplain.main(args, cfg, kernel)
+    finally:
+        kernel.close()
+    print(json.dumps(report, indent=2) if args.json else text)
     return 0
 
 
@@ -238,8 +264,10 @@ def cmd_watch(args, cfg):
 
 
 def main(argv=None):
+    from vpnsplit import appcli
+
     args = _parser().parse_args(argv)
     runner.setup_logging(f"vpnsplit {args.command}", quiet=args.quiet)
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "check": cmd_check, "explain": cmd_explain, "default": cmd_default,
-               "watch": cmd_watch}[args.command]
+               "watch": cmd_watch, **appcli.COMMANDS}[args.command]
     return runner.guarded(lambda: command(args, runner.load_config(args.config)))

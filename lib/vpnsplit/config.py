@@ -12,7 +12,7 @@ import stat
 import tomllib
 from typing import NamedTuple
 
-from vpnsplit import addresses, bridgeconf, dns
+from vpnsplit import addresses, apps, bridgeconf, dns
 from vpnsplit.errors import InputError, shown
 
 DEFAULT_PATH = "/etc/vpnsplit/vpnsplit.toml"
@@ -69,6 +69,11 @@ class Tunnel(NamedTuple):
     # the bridge vpnsplit keeps for this tunnel (bridgeconf.py, bridge.py) and its addresses; their subnets are among the sources
     bridge: str | None = None
     bridge_addresses: tuple = ()
+    # per-app tunnels: the slot of the mark its programs' sockets carry (apps.mark), None: no programs
+    app_slot: int | None = None
+    # cgroup2 paths (relative to its root) and systemd units whose processes go through the tunnel (cgroups.py)
+    cgroups: tuple = ()
+    units: tuple = ()
 
     @property
     def alias_dev(self):
@@ -179,7 +184,7 @@ def parse(data, path="<config>"):
 
 
 _KEYS = {"device", "id", "table", "priority", "alias", "alias6", "alias_device", "strict", "gateway", "gateway6", "sources", "lan", "forward",
-         "default", "servers", "dns", "bridge", "bridge_address"}
+         "default", "servers", "dns", "bridge", "bridge_address", "app_slot", "cgroups", "units"}
 
 
 def _tunnel(name, s, where):
@@ -221,8 +226,9 @@ def _tunnel(name, s, where):
     sources = _networks(s, "sources", where)
     sources += tuple(i.network for i in bridge_addresses if i.network not in sources)
     lan = _networks(s, "lan", where)
-    if lan and not sources:
-        raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources, and there are none")
+    app_slot, cgroups, units = apps.from_config(s, where)
+    if lan and not sources and app_slot is None:
+        raise InputError(f"{where}: lan = {s['lan']!r} only applies to sources and programs (app_slot), and there are none")
     forward = addresses.port_forwards(s.get("forward", []), where)
     servers = _typed(s, "servers", [], list, where)
     if forward and s.get("alias") is None and s.get("alias6") is None:
@@ -249,6 +255,9 @@ def _tunnel(name, s, where):
         server_names=tuple(a for a in servers if addresses.is_host_name(a)),
         bridge=bridge_name,
         bridge_addresses=bridge_addresses,
+        app_slot=app_slot,
+        cgroups=cgroups,
+        units=units,
     )
 
 
@@ -286,6 +295,7 @@ def _check_clashes(tunnels, path):
         claims += [("alias", a) for a in (t.alias, t.alias6) if a is not None]
         claims += [("priority", p) for p in t.priorities]
         claims += [("source subnet", n) for n in t.sources]
+        claims += [("app_slot", t.app_slot)] if t.app_slot is not None else []
         for kind, value in claims:
             other = seen.setdefault((kind, value), t.name)
             if other != t.name:

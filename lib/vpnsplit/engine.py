@@ -150,6 +150,11 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         changes = transaction.run(steps)
     finally:
         kernel.invalidate()
+    if any(t.cgroups or t.units for t, _ in targets):  # after the rules: a marked program never finds none
+        from vpnsplit import cgroups
+
+        for tunnel, _ in targets:
+            cgroups.cover(tunnel)
     if changes:  # a rule that shadows ours: said where it changes, reported by check whenever
         from vpnsplit import shadow
 

@@ -8,7 +8,7 @@ live in vpnsplit's own nft table, and a tunnel's objects are told apart by its t
 
 from typing import NamedTuple
 
-from vpnsplit import backstop, dns
+from vpnsplit import apps, backstop, dns
 from vpnsplit.errors import InputError
 from vpnsplit.marks import CLIENT_PRIORITY, DEFAULT_PRIORITY, REPLY_MARK
 
@@ -229,14 +229,28 @@ def plan_down(tunnel, families=()):
             local = (net, *(lan for lan in tunnel.lan if lan.version == net.version))
             rules.update(Rule(net.version, tunnel.priority + 2, MAIN_TABLE, str(net), str(dst)) for dst in local)
             rules.add(Rule(net.version, tunnel.priority + 3, tunnel.table, str(net)))
+    # the programs of its cgroups (apps.py): `lan` direct (P+2), the rest into the tunnel (P+3)
+    rules |= _app_rules(tunnel, steered)
     if tunnel.strict:
         for fam in (4, 6):
             routes.add(Route(fam, tunnel.table, EVERYWHERE[fam], type="unreachable", metric=UNREACHABLE_METRIC))
-        guards.update(backstop.confine(tunnel))  # the backstop holds without the rules
+        guards.update(backstop.confine(tunnel) | apps.confine(tunnel))  # the backstop holds without the rules
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
     guards |= dns.plan_sources(tunnel, None)
     return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs, nft=frozenset(guards))
+
+
+def _app_rules(tunnel, families):
+    if tunnel.app_slot is None:
+        return set()
+    mark, rules = apps.mark(tunnel.app_slot), set()
+    for fam in families:
+        every = EVERYWHERE[fam]
+        rules.update(Rule(fam, tunnel.priority + 2, MAIN_TABLE, every, str(lan), fwmark=mark, fwmask=apps.APP_MASK)
+                     for lan in tunnel.lan if lan.version == fam)
+        rules.add(Rule(fam, tunnel.priority + 3, tunnel.table, every, fwmark=mark, fwmask=apps.APP_MASK))
+    return rules
 
 
 def _aliases(tunnel, families):

@@ -84,6 +84,12 @@ def status(kernel, statedir, tunnel):
     ipv6 = 6 in versions
     bridged, trouble = bridge.report(kernel.nl, statedir, tunnel)
     problems += trouble if applied else []
+    programs = None
+    if tunnel.app_slot is not None:
+        from vpnsplit import cgroups
+
+        programs = cgroups.report(tunnel)
+        problems += programs["problems"]
     return {
         "tunnel": tunnel.name,
         "device": tunnel.device,
@@ -111,6 +117,8 @@ def status(kernel, statedir, tunnel):
         "forwarding6_per_device": sysctl.per_device6() if ipv6 else None,
         "stale": stale,
         "orphans": orphans,
+        # per-app tunnels: the mark, and each cgroup with its processes now (cgroups.report)
+        "apps": programs,
         "in_sync": not problems,
         "problems": problems,
     }
@@ -178,6 +186,10 @@ def describe(r):
         lines.append(f"  bridge {b['name']}: {state}, {ports}{', created by vpnsplit' if b['created_by_vpnsplit'] else ''}")
     if r["dns"]:
         lines.append(f"  dns: {' '.join(r['dns'])} ({'pushed by the VPN' if r['dns_from'] == 'vpn' else 'dns key'})")
+    if r["apps"]:
+        from vpnsplit import cgroups
+
+        lines.append(cgroups.describe(r["apps"]))
     lines += _objects(r, "absent " if r["state"] == "not applied" else "MISSING")
     rpf = {0: "off", 1: "strict", 2: "loose", None: "no device"}
     how6 = "(all.forwarding)" if r["forwarding6_all"] else "(force_forwarding)"

@@ -1,0 +1,100 @@
+"""Per-app tunnels without root: the socket-mark program's instructions, the mark layout, the plan's
+rules and nft entries, the config keys, where cgroup2 is found."""
+
+import struct
+
+import pytest
+
+from tests.unit.test_plan import lease, tunnel
+from vpnsplit import apps, bpf, cgroups, config, nftkinds, plan
+from vpnsplit.errors import InputError
+
+EVERY = {4: "0.0.0.0/0", 6: "::/0"}
+appsnat = nftkinds.appsnat  # imported through nftkinds, which ties the kinds together
+
+
+def test_the_program_stores_the_mark_in_bpf_sock_and_allows_the_socket():
+    insns = [struct.unpack("<BBhi", bpf.program(0x83000000)[i:i + 8]) for i in range(0, 32, 8)]
+    # r2 = 0x83000000 (32-bit mov, sign as the kernel reads imm); *(u32 *)(r1 + 16) = r2; r0 = 1; exit
+    assert insns == [(0xB4, 0x02, 0, 0x83000000 - (1 << 32)), (0x63, 0x21, 16, 0), (0xB7, 0x00, 0, 1), (0x95, 0, 0, 0)]
+    assert len(bpf.name_of(15)) < 16  # BPF_OBJ_NAME_LEN, with its NUL
+
+
+def test_mark_layout_stays_clear_of_the_other_marks():
+    assert [apps.mark(s) for s in (1, 15)] == [0x81000000, 0x8F000000]
+    assert all(apps.mark(s) & 0x70FFFFFF == 0 for s in apps.SLOTS)  # REPLY, CLIENT, DNS marks and the low bits untouched
+    assert [apps.slot_of(v) for v in (0x83000000, 0x83000000 | 0x10000000, 0x80000000, 0x03000000, 0)] == [3, 3, None, None, None]
+
+
+def test_rules_and_entries_follow_strict_and_families():
+    t = tunnel(app_slot=3, lan=["192.168.1.0/24"], sources=["10.20.1.0/24"])
+    mark = dict(fwmark=0x83000000, fwmask=0x8F000000)
+    app_rules = {r for r in plan.plan_down(t).rules if r.fwmask}
+    assert app_rules == {plan.Rule(4, 1002, 254, EVERY[4], "192.168.1.0/24", **mark), plan.Rule(4, 1003, 100, EVERY[4], **mark),
+                         plan.Rule(6, 1003, 100, EVERY[6], **mark)}
+    assert {apps.AppConfine(0x83000000, "tun0"), apps.AppReach(4, 0x83000000, "192.168.1.0/24", "tun0")} <= plan.plan_down(t).nft
+    loose = tunnel(app_slot=3, strict=False)
+    assert not [r for r in plan.plan_down(loose).rules if r.fwmask] and not apps.confine(loose)
+    assert {r for r in plan.plan_up(loose, lease()).rules if r.fwmask} == {plan.Rule(4, 1003, 100, EVERY[4], **mark)}
+    assert not [r for r in plan.plan_down(tunnel()).rules if r.fwmask]
+
+
+def test_nft_elements_read_back_as_the_entries():
+    entries = {apps.AppConfine(0x83000000, "tun0"), apps.AppReach(4, 0x83000000, "192.168.1.0/24", "tun0"),
+               apps.AppReach(6, 0x83000000, "2001:db8::1", "tun0")}
+    listing = {}
+    for e in entries:
+        for name, elem in appsnat.elements(e):
+            listing.setdefault(name, []).append(elem)
+    assert appsnat.confines(listing) | appsnat.reaches(listing) == entries
+    # a half-present entry (app_out without app_mark) counts as absent, and so do its reaches
+    assert appsnat.confines({"app_out": listing["app_out"]}) == set() == appsnat.reaches({**listing, "app_mark": []})
+
+
+@pytest.mark.parametrize("section, named", [
+    ({"app_slot": 0}, "app_slot = 0 must be an integer 1-15"),
+    ({"app_slot": 3.0}, "app_slot = 3.0"),
+    ({"cgroups": ["a.slice"]}, "needs app_slot"),
+    ({"app_slot": 1, "units": ["../x.service"]}, "units entry '../x.service'"),
+    ({"app_slot": 1, "cgroups": ["/system.slice"]}, "cgroups entry '/system.slice'"),
+    ({"app_slot": 1, "cgroups": "a"}, "must be a list"),
+])
+def test_config_refuses_bad_app_keys(section, named):
+    with pytest.raises(InputError, match=named):
+        config.parse({"tunnel": {"x": {"device": "tun0", "id": 1, **section}}})
+
+
+def test_two_tunnels_never_share_a_slot_and_lan_needs_sources_or_a_slot():
+    with pytest.raises(InputError, match="app_slot 2 is already used by"):
+        config.parse({"tunnel": {"a": {"device": "tun0", "id": 1, "app_slot": 2}, "b": {"device": "tun1", "id": 2, "app_slot": 2}}})
+    assert config.parse({"tunnel": {"a": {"device": "tun0", "id": 1, "app_slot": 2, "lan": ["192.168.1.0/24"]}}})
+    with pytest.raises(InputError, match="lan = .* only applies to sources and programs"):
+        config.parse({"tunnel": {"a": {"device": "tun0", "id": 1, "lan": ["192.168.1.0/24"]}}})
+
+
+MOUNTS = {
+    "unified": "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n",
+    "hybrid": ("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+               "40 30 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"),
+    "legacy": "31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
+}
+
+
+@pytest.mark.parametrize("layout, found", [("unified", "/sys/fs/cgroup"), ("hybrid", "/sys/fs/cgroup/unified"), ("legacy", None)])
+def test_cgroup2_is_found_where_it_is_mounted(tmp_path, layout, found):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTS[layout])
+    if found:
+        assert cgroups.root(str(info)) == found
+    else:
+        with pytest.raises(InputError, match="none is mounted .*legacy"):
+            cgroups.root(str(info))
+
+
+def test_systemd_scope_reruns_vpnsplit_inside_it():
+    t = tunnel(app_slot=3)
+    argv = cgroups.scope_argv(t, "/etc/vpnsplit/vpnsplit.toml", None, ["firefox", "--new-window"])
+    assert argv[:4] == ["systemd-run", "--scope", "--quiet", "--collect"]
+    inner = argv[argv.index("--") + 1:]
+    assert inner[1:] == ["-I", "-m", "vpnsplit", "run", "--config", "/etc/vpnsplit/vpnsplit.toml", "--in-scope", "p", "--",
+                         "firefox", "--new-window"]
