@@ -66,13 +66,10 @@ class Tunnel(NamedTuple):
     dns: tuple = ()
     # host names in `servers`: the default VPN's kill switch lets DNS queries for them out (backstop.KillSwitch)
     server_names: tuple = ()
-    # the bridge vpnsplit keeps for this tunnel (bridgeconf.py, bridge.py) and its addresses; their subnets are among the sources
-    bridge: str | None = None
-    bridge_addresses: tuple = ()
-    # per-app tunnels: the slot of the mark its programs' sockets carry (apps.mark), None: no programs
-    app_slot: int | None = None
-    # cgroup2 paths (relative to its root) and systemd units whose processes go through the tunnel (cgroups.py)
-    cgroups: tuple = ()
+    bridge: str | None = None  # the bridge vpnsplit keeps for this tunnel (bridgeconf.py, bridge.py)
+    bridge_addresses: tuple = ()  # its addresses; their subnets are among the sources
+    app_slot: int | None = None  # per-app tunnels: the slot in its programs' socket mark (apps.mark); None: none
+    cgroups: tuple = ()  # cgroup2 paths (from its root) and systemd units whose processes use the tunnel (cgroups.py)
     units: tuple = ()
 
     @property
