@@ -23,7 +23,9 @@ def tunnel(**keys):
 
 
 def test_every_kind_a_tunnel_plans_round_trips_through_the_record():
-    for t, lease in ((tunnel(), LEASE), (tunnel(), None), (tunnel(alias_device="lo", strict=False), LEASE)):
+    cases = ((tunnel(), LEASE), (tunnel(), None), (tunnel(alias_device="lo", strict=False), LEASE),
+             (tunnel(app_slot=3), LEASE), (tunnel(app_slot=3), None))  # app_slot: the per-app kinds
+    for t, lease in cases:
         applied = plan.plan_up(t, lease) if lease else plan.plan_down(t)
         kinds = {type(o).__name__ for o in applied.objects()}
         assert kinds <= set(owned.KINDS), kinds
