@@ -331,3 +331,27 @@ def test_sockets_bound_to_a_retired_alias_are_closed_and_those_of_an_alias_that_
 def counters(isp):
     out = json.loads(isp.exec("nft", "-j", "list", "counters", "table", "inet", "leaks", check=True).stdout)["nftables"]
     return {c["counter"]["name"]: c["counter"]["packets"] for c in out if "counter" in c}
+
+
+@pytest.mark.parametrize("hook", ["down", "wg-down"])
+def test_a_down_hook_for_a_device_whose_section_is_gone_tears_it_down_from_its_record(worlds, hook):
+    """OpenVPN's down (or wg-quick's PreDown) for tun1 after work's section was deleted: the hook finds
+    work's record by the device and removes what it says vpnsplit applied, exit 0; the kernel, forwarding
+    and records then equal a fresh apply of what is left. A device no record names: said, exit 0."""
+    edited = worlds("edited")
+    ns = edited.ns
+    ok(edited.apply(PROVIDER + WORK_SOURCES, "up", "--all"))
+    ns.write_config(PROVIDER)
+    proc = ns.openvpn("down", "tun1", "10.9.0.6", "10.9.0.5") if hook == "down" else ns.hook("wg-down", "tun1")
+    assert proc.returncode == 0, proc.stderr
+    assert "tunnel work on tun1: its section is gone from the config; removed what its record says vpnsplit applied: " \
+           in proc.stderr and "exiting 0 anyway" not in proc.stderr, proc.stderr
+    assert "delete rule from 10.192.9.1/32 lookup 101 priority 1101" in proc.stderr, proc.stderr
+    ok(ns.vpnsplit("check"))
+    fresh = worlds("fresh")
+    ok(fresh.apply(PROVIDER, "up", "--all"))
+    assert edited.kernel() == fresh.kernel()
+    again = ns.openvpn("down", "tun1", "10.9.0.6", "10.9.0.5") if hook == "down" else ns.hook("wg-down", "tun1")
+    assert again.returncode == 0 and "no record of a tunnel on tun1 either: nothing to remove" in again.stderr, again.stderr
+    assert "exiting 0 anyway" in again.stderr
+    assert edited.kernel() == fresh.kernel()
