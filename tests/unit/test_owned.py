@@ -1,8 +1,10 @@
 """Ownership by record, the pure part: what a record says vpnsplit applied, its JSON form, and the
 plan of what a run removes (the record against the desired state of the run)."""
 
+import errno
 import ipaddress
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,20 @@ def test_socket_destroy_requests_carry_the_address_as_inet_diag_words():
 
     assert sockets._words(ipaddress.ip_address("10.192.8.5")) == (0x0AC00805, 0, 0, 0)
     assert sockets._words(ipaddress.ip_address("fd10:192::5")) == (0xFD100192, 0, 0, 5)
+
+
+class _Answer(dict):
+    """A sock_diag answer as pyroute2 hands it over: the raw message in data, from offset."""
+
+    def __init__(self, kind, code):
+        super().__init__(header={"type": kind})
+        self.data, self.offset = b"\0" * 8 + struct.pack("=IHHIIi", 36, kind, 0, 1, 1, -code), 8
+
+
+def test_a_socket_destroy_answer_is_read_off_the_raw_error_message():
+    """pyroute2's sock_diag marshal does not read NLMSG_ERROR: 0 done, ENOENT gone meanwhile, EOPNOTSUPP no destroy."""
+    from vpnsplit import sockets
+
+    for code in (0, errno.ENOENT, errno.EOPNOTSUPP):
+        assert sockets._answer([_Answer(2, code)]) == code
+    assert sockets._answer([]) == 0
