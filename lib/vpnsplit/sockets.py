@@ -9,8 +9,8 @@ NAT go, every TCP and UDP socket of either family bound to it is destroyed, as A
 an address goes: TCP is reset (the application gets ECONNABORTED, the peer a RST); UDP gets
 ECONNABORTED once and loses its peer, so a connected socket can no longer send. But the kernel keeps
 a UDP socket's explicit bind (picking a new port): an unconnected one that sendto()s on, or one that
-connects again, sends from the old alias again. The IPv6 ones still bound afterwards are named in a
-warning (their processes), with the fix: restart the service.
+connects again, sends from the old alias again. The IPv6 UDP sockets it closed are named in a warning
+(their processes), with the fix: restart the service.
 
 Destroy needs CONFIG_INET_DIAG_DESTROY (Debian 12's and 13's kernels set it; inet_diag is a module
 they load on first use); without it the kernel answers EOPNOTSUPP and one warning names the fallback.
@@ -60,19 +60,22 @@ def close_bound(addresses):
 
     with DiagSocket() as diag:
         diag.bind()
-        closed = {a: _close(diag, a) for a in gone}
-        left = {a: _bound(diag, a) for a in gone}
+        found = {a: _bound(diag, a) for a in gone}
+        closed = {a: _close(diag, found[a]) for a in gone}
     for address, count in closed.items():
         if count is None:
             log.warning("cannot close the sockets bound to the retired alias %s: this kernel has no socket destroy "
                         "(CONFIG_INET_DIAG_DESTROY); restart the services bound to it, or IPv6 ones keep sending "
                         "from it through the uplink", address)
-        elif count:
+            continue
+        if count:
             log.info("closed %d socket(s) bound to the retired alias %s", count, address)
-        if left[address] and count is not None and address.version == 6:  # IPv4 refuses to send from it
-            log.warning("%d UDP socket(s) still bound to the retired alias %s (%s): the kernel keeps an explicit bind, "
-                        "so they may send from it again, by the uplink; restart the service holding them",
-                        len(left[address]), address, _owners(left[address]))
+        # a destroyed UDP socket is unhashed until it sends again, so a dump cannot tell which rebound: name them all
+        udp = [(proto, msg) for proto, msg in found[address] if proto == socket.IPPROTO_UDP]
+        if udp and address.version == 6:  # IPv4 refuses to send from an address no device holds
+            log.warning("%d UDP socket(s) were bound to the retired alias %s (%s): the kernel keeps an explicit bind, "
+                        "so one that sends on without a new connect (sendto) sends from it, by the uplink; "
+                        "restart the service holding them", len(udp), address, _owners(udp))
     return any(closed.values())
 
 
@@ -86,13 +89,13 @@ def _bound(diag, address):
     return out
 
 
-def _close(diag, address):
-    """Destroy the sockets bound to *address*: how many went, or None when the kernel cannot destroy."""
+def _close(diag, bound):
+    """Destroy the sockets *bound* (_bound's): how many went, or None when the kernel cannot destroy."""
     from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
     from pyroute2.netlink.diag import inet_diag_req
 
     count = 0
-    for proto, msg in _bound(diag, address):
+    for proto, msg in bound:
         req = inet_diag_req()
         req["sdiag_family"], req["sdiag_protocol"], req["idiag_states"] = msg["idiag_family"], proto, 0xFFFFFFFF
         for field in ("idiag_sport", "idiag_dport", "idiag_if", "idiag_cookie"):
