@@ -14,7 +14,7 @@ a tunnel from its record alone, its config section gone.
 import logging
 import socket
 
-from vpnsplit import bridge, default_vpn, owned, plan, refusals, sysctl, transaction
+from vpnsplit import bridge, default_vpn, owned, plan, refusals, sockets, sysctl, transaction
 from vpnsplit.config import Tunnel
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
@@ -140,12 +140,15 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
     # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
     mine = [t.name for t, _ in targets] + list(gone)
     left = owned.union(owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine)
+    retired = []
     if left.objects():  # the other records are read only then: a run with nothing left over reads none
         claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
-        current |= kernel.present(owned.leftovers(left, plan.State(), claimed))
+        left = owned.leftovers(left, plan.State(), claimed)
+        current |= kernel.present(left)
+        retired = sockets.retired(left, desired, _kept(statedir, mine, tunnels or [t for t, _ in targets], targets))
     # the bridges after the rules that make their subnets fail closed, before forwarding is switched on
     bridges = bridge.steps(kernel.nl, statedir, [t for t, _ in targets], tunnels, gone)
-    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired) + bridges + bookkeeping
+    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired, retired) + bridges + bookkeeping
     try:
         changes = transaction.run(steps)
     finally:
@@ -164,12 +167,20 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
     return changes
 
 
-def _steps(kernel, d, nat_view, desired):
+def _kept(statedir, mine, tunnels, targets):
+    """The addresses whose sockets a run never closes: every configured alias, and the tunnel addresses
+    of the leases (recorded or this run's) of the tunnels it handles."""
+    leases = [statedir.record(name).lease for name in mine] + [lease for _, lease in targets]
+    return {a for t in tunnels for a in (t.alias, t.alias6) if a} | {a.ip for lease in leases if lease for a in lease.locals}
+
+
+def _steps(kernel, d, nat_view, desired, retired=()):
     """The steps that turn the observed state into the desired one, in leak-safe order.
 
     Routes (the strict unreachable first) and aliases come before the NAT entry, which
     comes before the rules that steer traffic into the table; removals come last, so a
-    restart with a new address never has a moment with neither old nor new rule.
+    restart with a new address never has a moment with neither old nor new rule. The sockets
+    bound to a *retired* alias are closed once it is off its device, before its rules go (sockets.py).
     """
     nl = kernel.nl
     steps = []
@@ -189,6 +200,9 @@ def _steps(kernel, d, nat_view, desired):
     # bind to it, so no packet from it ever finds its rule gone (the main table: the uplink, in the clear)
     for a in sorted(d.remove.addresses):
         steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
+    if retired:  # a closed socket cannot be reopened: nothing to undo
+        steps.append(Step(f"close the sockets bound to {', '.join(map(str, retired))}",
+                          lambda: sockets.close_bound(retired), lambda: None))
     intact, everything = nat_view
     if d.add.nft or d.remove.nft or (desired.nft and not intact):
         undo = []

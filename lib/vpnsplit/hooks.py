@@ -11,7 +11,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from vpnsplit import addresses, config, dns, engine, openvpn, runner
+from vpnsplit import addresses, config, dns, engine, openvpn, owned, runner
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 
@@ -27,6 +27,15 @@ class Call(NamedTuple):
     lease: Lease | None  # what OpenVPN's up passed; None for down and wg-quick (read off the device)
     prepared: tuple  # runner.prepare()'s (state directory, lock timeout)
     dns: tuple = ()  # wg-up: the resolvers of wg-quick's `DNS =` line
+
+
+class NoSection(InputError):
+    """The hook's device (or its --tunnel NAME) has no section in the config: a down hook then tears
+    down what a record of a tunnel gone from the config says vpnsplit applied on that device."""
+
+    def __init__(self, message, device, name, tunnels):
+        super().__init__(message)
+        self.device, self.name, self.tunnels = device, name, tunnels
 
 
 def validate(hook, argv, environ=os.environ):
@@ -49,7 +58,14 @@ def validate(hook, argv, environ=os.environ):
     else:
         raise InputError(f"no hook {hook!r} (known: {', '.join(HOOKS)})")
     cfg = config.load(config.path_from(opts.get("config"), environ))
-    return Call(_tunnel(cfg, device, opts.get("tunnel"), where), cfg.tunnels, lease, runner.prepare(environ), resolvers)
+    name = opts.get("tunnel")
+    try:
+        tunnel = _tunnel(cfg, device, name, where)
+    except InputError as e:
+        if name in cfg.tunnels or name is None and any(t.device == device for t in cfg.tunnels.values()):
+            raise
+        raise NoSection(str(e), device, name, cfg.tunnels) from None
+    return Call(tunnel, cfg.tunnels, lease, runner.prepare(environ), resolvers)
 
 
 def _tunnel(cfg, device, name, where):
@@ -98,10 +114,26 @@ def down(hook, args, path=None):
         return
     for problem in openvpn.six_problems(args) if hook == "down" else ():
         log.warning("%s", problem)  # logged, never blocking the teardown: down needs only the device
-    call = validate(hook, args)
+    try:
+        call = validate(hook, args)
+    except NoSection as e:
+        return _down_gone(e)
     with runner.session(call.prepared) as (kernel, statedir):
         changes = engine.down(kernel, statedir, call.tunnel, call.tunnels)
     _report("down", call.tunnel, changes)
+
+
+def _down_gone(e):
+    """A down for a device whose section is gone from the config: tear its tunnel down from its record
+    (--tunnel NAME's, else the gone tunnel's whose record names the device), as `vpnsplit down NAME` does."""
+    with runner.session() as (kernel, statedir):
+        gone = engine.gone(statedir, e.tunnels)
+        names = [e.name] if e.name in gone else [] if e.name else [n for n in gone if owned.device(statedir.record(n)) == e.device]
+        if not names:
+            raise InputError(f"{e}; no record of a tunnel on {e.device} either: nothing to remove")
+        changes = engine.teardown(kernel, statedir, names, list(e.tunnels.values()))
+    log.info("tunnel %s on %s: its section is gone from the config; removed what its record says vpnsplit applied: %s",
+             ", ".join(names), e.device, f"{len(changes)} change(s)" if changes else "nothing was left")
 
 
 def _report(what, tunnel, changes, lease=None):

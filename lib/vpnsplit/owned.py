@@ -101,6 +101,16 @@ def union(states):
     return out
 
 
+def device(record):
+    """The tunnel device a record (state.Record) is about: its lease's, else the one its tunnel routes,
+    guards and backstop entries name (an alias may sit on another device, lo say); None if it names none."""
+    if record.lease is not None:
+        return record.lease.device
+    state = record.applied or State()
+    named = {o.device for o in state.nft if isinstance(o, (Guard, backstop.Confine))} | {r.device for r in state.routes if r.device}
+    return named.pop() if len(named) == 1 else None
+
+
 def tables(state):
     """The routing tables *state*'s rules and routes use, main's aside (a LAN exception's)."""
     return sorted({r.table for r in state.rules | state.routes} - {254})

@@ -1,8 +1,10 @@
 """Ownership by record, the pure part: what a record says vpnsplit applied, its JSON form, and the
 plan of what a run removes (the record against the desired state of the run)."""
 
+import errno
 import ipaddress
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,50 @@ def test_a_damaged_applied_field_damages_the_record(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"tunnel": "p", "lease": None, "applied": {"rules": [{"kind": "Rule"}]}}))
     record = state.StateDir(str(tmp_path)).record("p")
     assert record.applied is None and "damaged (Rule without" in record.damage and "vpnsplit down p" in record.damage
+
+
+def _ips(*texts):
+    return [ipaddress.ip_address(t) for t in texts]
+
+
+def test_the_aliases_a_run_retires_are_those_it_removes_and_nothing_still_uses():
+    """sockets.retired: an alias edit retires the old aliases (from their Address objects and rules); the
+    configured aliases and the leases' tunnel addresses are kept (a reconnect or a down retires nothing);
+    subnets and the default's /0 are no address."""
+    from vpnsplit import sockets
+
+    old, new = tunnel(alias="10.192.8.5", alias6="fd10:192::5"), tunnel()
+    left = owned.leftovers(plan.plan_up(old, LEASE), plan.plan_up(new, LEASE))
+    keep = {new.alias, new.alias6, *(a.ip for a in LEASE.locals)}
+    assert sockets.retired(left, plan.plan_up(new, LEASE), keep) == _ips("10.192.8.5", "fd10:192::5")
+    # the tunnel goes down: its aliases (configured) and its tunnel addresses (leased) stay bindable
+    left = owned.leftovers(plan.plan_up(new, LEASE), plan.plan_down(new))
+    assert left.rules and sockets.retired(left, plan.plan_down(new), keep) == []
+    # its section removed (strict, alias on lo): the aliases and nothing else; an alias moved to lo: none
+    lo = tunnel(alias_device="lo")
+    assert sockets.retired(plan.plan_down(lo), plan.State(), ()) == _ips("10.192.8.1", "fd10:192::1")
+    assert sockets.retired(owned.leftovers(plan.plan_up(new, LEASE), plan.plan_up(lo, LEASE)), plan.plan_up(lo, LEASE), ()) == []
+
+
+def test_socket_destroy_requests_carry_the_address_as_inet_diag_words():
+    from vpnsplit import sockets
+
+    assert sockets._words(ipaddress.ip_address("10.192.8.5")) == (0x0AC00805, 0, 0, 0)
+    assert sockets._words(ipaddress.ip_address("fd10:192::5")) == (0xFD100192, 0, 0, 5)
+
+
+class _Answer(dict):
+    """A sock_diag answer as pyroute2 hands it over: the raw message in data, from offset."""
+
+    def __init__(self, kind, code):
+        super().__init__(header={"type": kind})
+        self.data, self.offset = b"\0" * 8 + struct.pack("=IHHIIi", 36, kind, 0, 1, 1, -code), 8
+
+
+def test_a_socket_destroy_answer_is_read_off_the_raw_error_message():
+    """pyroute2's sock_diag marshal does not read NLMSG_ERROR: 0 done, ENOENT gone meanwhile, EOPNOTSUPP no destroy."""
+    from vpnsplit import sockets
+
+    for code in (0, errno.ENOENT, errno.EOPNOTSUPP):
+        assert sockets._answer([_Answer(2, code)]) == code
+    assert sockets._answer([]) == 0
