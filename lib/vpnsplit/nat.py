@@ -82,8 +82,29 @@ def _listing(items):
             rules[body["chain"]].append(body["expr"])
             comments[body["chain"]].append(body.get("comment"))
     fixed = {n: spec[3] for n, spec in CHAINS.items() if spec[3] is not None}
-    intact = set(CHAINS) <= chains and set(sets) == set(SETS) and all(rules[n] == want for n, want in fixed.items())
+    intact = set(CHAINS) <= chains and set(sets) == set(SETS) and all(_same(rules[n], want) for n, want in fixed.items())
     return intact, Listing(sets, chains, rules, comments)
+
+
+def _same(listed, wanted):
+    """Whether a chain's *listed* rules are the *wanted* ones. nftables 1.1 (Debian 13) lists a masked
+    value in a concatenation looked up in an interval set with the mask's bytes swapped (`meta mark &
+    0x0000008f . ip daddr @app_to4` for 0x8f000000; the rule it loaded is right: the mask, then hton),
+    so either rendering of such a rule is that rule."""
+    return len(listed) == len(wanted) and all(got in (rule, _swapped(rule)) for got, rule in zip(listed, wanted))
+
+
+def _swapped(node):
+    """*node* with every 32-bit mask inside a concatenation byte-swapped, as nftables 1.1 lists it."""
+    if isinstance(node, list):
+        return [_swapped(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "concat" in node:
+        return {"concat": [{"&": [m["&"][0], int.from_bytes(m["&"][1].to_bytes(4, "big"), "little")]}
+                           if isinstance(m, dict) and isinstance(m.get("&", [None, None])[1], int) else m
+                           for m in node["concat"]]}
+    return {k: _swapped(v) for k, v in node.items()}
 
 
 class NatTable:

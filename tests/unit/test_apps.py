@@ -1,6 +1,7 @@
 """Per-app tunnels without root: the socket-mark program's instructions, the mark layout, the plan's
 rules and nft entries, the config keys, where cgroup2 is found."""
 
+import copy
 import struct
 
 import pytest
@@ -98,3 +99,20 @@ def test_systemd_scope_reruns_vpnsplit_inside_it():
     inner = argv[argv.index("--") + 1:]
     assert inner[1:] == ["-I", "-m", "vpnsplit", "run", "--config", "/etc/vpnsplit/vpnsplit.toml", "--in-scope", "p", "--",
                          "firefox", "--new-window"]
+
+
+
+def test_the_apps_chain_as_nftables_1_1_lists_it_is_intact():
+    """Debian 13's nftables 1.1.3 lists the lan rules' mask (a concatenation looked up in an interval
+    set) byte-swapped, its bytecode being right; Debian 12's 1.0.6 lists it as loaded. Both are the
+    chain; a chain with another mask, or a rule short, is not (check: damaged)."""
+    from vpnsplit import nat
+
+    wanted = appsnat.chain_rules()
+    as_1_1 = copy.deepcopy(wanted)
+    for rule in as_1_1[2:4]:  # `meta mark & 0x0000008f . ip daddr @app_to4 accept`, as 1.1.3 lists it
+        rule[0]["match"]["left"]["concat"][0]["&"][1] = 0x8F
+    assert nat._same(wanted, wanted) and nat._same(as_1_1, wanted)
+    other = copy.deepcopy(wanted)
+    other[2][0]["match"]["left"]["concat"][0]["&"][1] = 0x0F000000
+    assert not nat._same(other, wanted) and not nat._same(wanted[:-1], wanted)
