@@ -94,6 +94,11 @@ def leftovers(recorded, desired, claimed=State()):
     return State(*(mine - want - theirs for mine, want, theirs in zip(recorded, desired, claimed)))
 
 
+def app_slots(state):
+    """The per-app slots (apps.py) whose mark *state*'s rules steer."""
+    return {apps.slot_of(r.fwmark) for r in state.rules if r.fwmask == apps.APP_MASK} - {None}
+
+
 def union(states):
     out = State()
     for s in states:
