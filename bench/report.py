@@ -84,7 +84,17 @@ def _backstop(b):
             "backstop_derived": derived(b, 3), "backstop_commands": commands(b["commands"])}
 
 
-PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns, "8_backstop": _backstop}
+def _apps(a):
+    return {"conn_seconds": a["conn_seconds"], "seen": " ".join(a["checks"]["source and mark of a program in the cgroup"]),
+            "apps_throughput_table": table(a["throughput"], "Gbit/s", digits=2),
+            "apps_connections_table": table(a["connections"], "conn/s", digits=0),
+            "apps_cpu_table": table(a["cpu_per_connection"], "CPU µs", digits=2),
+            "apps_datagram_table": table(a["cpu_per_datagram"], "CPU ns", digits=0),
+            "apps_derived": derived(a, 3), "apps_commands": commands(a["commands"])}
+
+
+PARTS = {"1_cold": _cold, "3_many": _many, "4_scale": _scale, "5_packet": _packet, "7_dns": _dns, "8_backstop": _backstop,
+         "10_apps": _apps}
 
 
 def _debian(d):

@@ -104,18 +104,46 @@ def _name(prog_fd):
     return info.raw[64:80].split(b"\0")[0].decode(errors="replace")
 
 
+def _programs(fd):
+    """(program fd, name) of each sock_create program attached to the cgroup *fd*; each fd is closed after its turn."""
+    for prog_id in _attached_ids(fd):
+        prog = _prog_fd(prog_id)
+        try:
+            yield prog, _name(prog)
+        finally:
+            os.close(prog)
+
+
+def _detach(fd, prog):
+    _bpf(PROG_DETACH, struct.pack("<IIII", fd, prog, CGROUP_INET_SOCK_CREATE, 0))
+
+
 def attached(cgroup):
     """The names of the sock_create programs attached to *cgroup* itself (a directory of cgroup2)."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        names = []
-        for prog_id in _attached_ids(fd):
-            prog = _prog_fd(prog_id)
-            try:
-                names.append(_name(prog))
-            finally:
-                os.close(prog)
-        return names
+        return [name for _, name in _programs(fd)]
+    finally:
+        os.close(fd)
+
+
+def detach(cgroup, slots):
+    """Detach vpnsplit's mark programs of *slots* from *cgroup* itself: the slots whose program it
+    detached. Idempotent: a cgroup without them (or gone meanwhile) is left as it is."""
+    names = {name_of(slot): slot for slot in slots}
+    try:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        done = []
+        for prog, name in _programs(fd):
+            if name in names:
+                _detach(fd, prog)
+                done.append(names[name])
+        return done
+    except OSError as e:
+        raise KernelError(f"per-app tunnels: cannot detach the socket-mark program from cgroup {cgroup}: {e.strerror}") from None
     finally:
         os.close(fd)
 
@@ -127,16 +155,11 @@ def attach(cgroup, mark, slot):
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         mine = False
-        for prog_id in _attached_ids(fd):
-            prog = _prog_fd(prog_id)
-            try:
-                name = _name(prog)
-                if name == name_of(slot):
-                    mine = True
-                elif name.startswith(NAME_PREFIX):
-                    _bpf(PROG_DETACH, struct.pack("<IIII", fd, prog, CGROUP_INET_SOCK_CREATE, 0))
-            finally:
-                os.close(prog)
+        for prog, name in _programs(fd):
+            if name == name_of(slot):
+                mine = True
+            elif name.startswith(NAME_PREFIX):
+                _detach(fd, prog)
         if mine:
             return False
         prog = load(mark, slot)

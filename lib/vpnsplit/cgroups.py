@@ -161,6 +161,28 @@ def cover(tunnel):
     return done
 
 
+def retire(slots):
+    """Detach the mark programs of *slots* (app slots no tunnel uses any more) from every cgroup below
+    cgroup2's root, so their programs' sockets no longer carry the mark. Never fails: no cgroup2 or a
+    refused detach is a log line. Returns [(cgroup, slot)] detached."""
+    if not slots:
+        return []
+    try:
+        top = root()
+    except (InputError, OSError) as e:
+        log.warning("per-app slot(s) %s: the socket-mark programs not detached: %s", ", ".join(map(str, sorted(slots))), e)
+        return []
+    done = []
+    try:
+        for where, _, _ in os.walk(top):
+            done += [(where, slot) for slot in bpf.detach(where, slots)]
+    except KernelError as e:  # the same for every cgroup (no CAP_SYS_ADMIN, say): said once
+        log.warning("%s; 'vpnsplit up' as root detaches them", e)
+    for where, slot in done:
+        log.info("per-app slot %d is no tunnel's any more: its socket-mark program detached from %s", slot, where)
+    return done
+
+
 def attach_own(tunnel):
     """`vpnsplit attach NAME` from a unit's ExecStartPre=: the unit's cgroup is this process's
     (systemd runs control processes of a Delegate=yes unit in its `.control` child: the unit's is the parent)."""

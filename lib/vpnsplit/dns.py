@@ -11,6 +11,11 @@ What vpnsplit does with them (chains in dnsnat.py):
   the tunnel's resolver in prerouting; the subnet's rules then carry it through the tunnel,
   SNAT-ed like the rest. DnsBlock: with strict and the tunnel down it is refused at once (the
   subnet's device no longer forwards then, and a dropped query would only time out).
+- DnsApp: DNS (UDP and TCP 53) of the programs of a tunnel's `app_slot` (their sockets' mark,
+  apps.py), to whatever resolver, is DNAT-ed to the tunnel's resolver in nat output; the app rules
+  (plan._app_rules: port 53 into the tunnel's table before the `lan` exceptions) chose the tunnel
+  address as its source, so it needs no NAT. DnsAppBlock: with strict and the tunnel down it is
+  refused at once, also to a resolver on this host (a stub would ask its upstream by the uplink).
 - DnsDefault: while a tunnel is the host's default VPN, every DNS packet the host sends (not
   to itself) gets DNS_MARK in a route chain, rule DNS_PRIORITY sends marked packets to the
   tunnel's table, queries are DNAT-ed to the tunnel's resolver and masqueraded to the tunnel
@@ -23,7 +28,7 @@ import re
 import stat
 from typing import NamedTuple
 
-from vpnsplit import addresses
+from vpnsplit import addresses, apps
 from vpnsplit.errors import InputError
 from vpnsplit.marks import DNS_MARK
 
@@ -54,6 +59,26 @@ class DnsBlock(NamedTuple):
 
     def __str__(self):
         return f"dns from {self.source} refused (strict, tunnel down)"
+
+
+class DnsApp(NamedTuple):
+    """DNS from the programs whose sockets carry MARK (a tunnel's app mark) goes to resolver TO."""
+
+    family: int
+    mark: int
+    to: str
+
+    def __str__(self):
+        return f"dns of apps {self.mark:#x} -> {self.to}"
+
+
+class DnsAppBlock(NamedTuple):
+    """With strict and the tunnel down, DNS of the programs whose sockets carry MARK is refused at once."""
+
+    mark: int
+
+    def __str__(self):
+        return f"dns of apps {self.mark:#x} refused (strict, tunnel down)"
 
 
 class DnsDefault(NamedTuple):
@@ -92,6 +117,17 @@ def plan_sources(tunnel, lease):
         return {DnsBlock(net.version, str(net)) for net in tunnel.sources} if tunnel.strict else set()
     chosen = first_per_family(resolvers(tunnel, lease))
     return {DnsSource(net.version, str(net), str(chosen[net.version])) for net in tunnel.sources if net.version in chosen}
+
+
+def plan_apps(tunnel, lease):
+    """DnsApp objects for the programs of *tunnel*'s app_slot while up with *lease*; with strict,
+    a DnsAppBlock while down (lease None)."""
+    if tunnel.app_slot is None:
+        return set()
+    value = apps.mark(tunnel.app_slot)
+    if lease is None:
+        return {DnsAppBlock(value)} if tunnel.strict else set()
+    return {DnsApp(v, value, str(to)) for v, to in first_per_family(resolvers(tunnel, lease)).items()}
 
 
 def plan_default(tunnel, lease):

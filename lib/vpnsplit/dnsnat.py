@@ -9,6 +9,18 @@
         udp dport 53 ip saddr @dns_down4 reject with icmp port-unreachable }
     (the same for IPv6)
 
+The programs of a tunnel's app_slot (dns.DnsApp; their sockets' mark, apps.py):
+
+    map dns_app4 { type mark : ipv4_addr }                          # app mark : its tunnel's resolver
+    chain dns_app { type nat hook output priority -102;             # a changed destination is routed again,
+        meta l4proto { tcp, udp } th dport 53 meta nfproto ipv4       # by the same mark: into the tunnel
+            dnat ip to meta mark & 0x8f000000 map @dns_app4 }
+    set dns_app_down { type mark }                                  # strict tunnels' app marks while down
+    chain dns_app_refuse { type filter hook output priority mangle;
+        meta mark & 0x8f000000 @dns_app_down tcp dport 53 reject with tcp reset
+        meta mark & 0x8f000000 @dns_app_down udp dport 53 reject }
+    (the same for IPv6)
+
 While a tunnel is the default VPN (dns.DnsDefault; tun0 its device, 10.8.0.1 its resolver):
 
     chain dns_mark { type route hook output priority mangle;       # every packet, so every one is rerouted
@@ -30,7 +42,8 @@ kernel uses only with the tunnel device's src_valid_mark (dns.SRC_VALID_MARK).
 CLIENT_MARK (0x20000000) packets are the VPN clients' own and are left alone.
 """
 
-from vpnsplit.dns import DNS_PORT, DnsBlock, DnsDefault, DnsSource
+from vpnsplit.apps import APP_MASK
+from vpnsplit.dns import DNS_PORT, DnsApp, DnsAppBlock, DnsBlock, DnsDefault, DnsSource
 from vpnsplit.marks import CLIENT_MARK, DNS_MARK, MANGLE_PRIORITY
 from vpnsplit.marks import DSTNAT_PRIORITY as NAT_DST_PRIORITY
 from vpnsplit.marks import SRCNAT_PRIORITY as NAT_SRC_PRIORITY
@@ -90,6 +103,49 @@ class DnsBlockKind(ElementKind):
         return {DnsBlock(f, interval_source(key)) for f in (4, 6) for key in listing.sets.get(f"dns_down{f}", [])}
 
 
+def _nfproto(fam):
+    return {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": NFPROTO_NAME[fam]}}
+
+
+_APP = {"&": [_META, APP_MASK]}
+# before the default VPN's dns_out: the first DNAT binds, and a program's DNS is its tunnel's, not the default VPN's
+APP_DST_PRIORITY = NAT_DST_PRIORITY - 1
+
+
+class DnsAppKind(ElementKind):
+    """dns_app4/6: app mark : its tunnel's resolver; chain dns_app DNAT-s the programs' DNS there."""
+
+    type = DnsApp
+    owner = "app"
+    sets = {f"dns_app{f}": ("mark", ADDR[f], None) for f in (4, 6)}
+    chains = {"dns_app": ("nat", "output", APP_DST_PRIORITY, [
+        [_L4, _DPORT, _nfproto(f), {"dnat": {"family": NFPROTO[f], "addr": {"map": {"key": _APP, "data": f"@dns_app{f}"}}}}]
+        for f in (4, 6)])}
+
+    def elements(self, e):
+        return [(f"dns_app{e.family}", [e.mark, e.to])]
+
+    def read(self, listing):
+        return {DnsApp(f, mark, to) for f in (4, 6) for mark, to in listing.sets.get(f"dns_app{f}", [])}
+
+
+class DnsAppBlockKind(ElementKind):
+    """dns_app_down: the app marks of strict tunnels that are down; chain dns_app_refuse refuses their DNS."""
+
+    type = DnsAppBlock
+    owner = "app"
+    sets = {"dns_app_down": ("mark", None, None)}
+    down = {"match": {"op": "==", "left": _APP, "right": "@dns_app_down"}}
+    chains = {"dns_app_refuse": ("filter", "output", MANGLE_PRIORITY, [
+        [_dport("tcp"), down, _RESET], [_dport("udp"), down, {"reject": {"type": "icmpx", "expr": "port-unreachable"}}]])}
+
+    def elements(self, e):
+        return [("dns_app_down", e.mark)]
+
+    def read(self, listing):
+        return {DnsAppBlock(mark) for mark in listing.sets.get("dns_app_down", [])}
+
+
 def _set_bit(key):
     return {"mangle": {"key": key, "value": {"|": [key, DNS_MARK]}}}
 
@@ -124,8 +180,7 @@ class DnsDefaultKind(Kind):
         redirects = []
         for to in entry.to:
             fam = 6 if ":" in to else 4
-            nfproto = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": NFPROTO_NAME[fam]}}
-            redirects.append([_has_bit(_META), nfproto, {"dnat": {"family": NFPROTO[fam], "addr": to}}])
+            redirects.append([_has_bit(_META), _nfproto(fam), {"dnat": {"family": NFPROTO[fam], "addr": to}}])
         return {
             "dns_mark": mark,
             "dns_restore": [[_has_bit(_CT), _set_bit(_META)]],
@@ -158,4 +213,4 @@ class DnsDefaultKind(Kind):
         return {entry} if all(rules[name] == want for name, want in self.rules(entry).items()) else set()
 
 
-KINDS = (DnsSourceKind(), DnsBlockKind(), DnsDefaultKind())
+KINDS = (DnsSourceKind(), DnsBlockKind(), DnsAppKind(), DnsAppBlockKind(), DnsDefaultKind())

@@ -9,7 +9,7 @@ read off a device when the VPN client passes none (wg-quick) or by hand (`vpnspl
 import ipaddress
 import logging
 
-from vpnsplit import nftkinds, plan, wgpeers
+from vpnsplit import apps, nftkinds, plan, wgpeers
 from vpnsplit.errors import InputError
 from vpnsplit.lease import Lease
 from vpnsplit.nat import NatTable
@@ -73,8 +73,10 @@ class Kernel:
         # every nft entry names the tunnel device it is about, and devices are unique per tunnel;
         # the sources' DNS entries name their subnet, and those are unique per tunnel too
         sources = {str(n) for n in tunnel.sources}
+        app_mark = apps.mark(tunnel.app_slot) if tunnel.app_slot is not None else None  # the programs' DNS entries name it
         nft = frozenset(e for e in entries if nftkinds.owner(e) == "tunnel" and e.device == tunnel.device
-                        or nftkinds.owner(e) == "source" and e.source in sources)
+                        or nftkinds.owner(e) == "source" and e.source in sources
+                        or nftkinds.owner(e) == "app" and e.mark == app_mark)
         state = plan.State(rules=rules, routes=frozenset(routes), addresses=addrs, nft=nft)
         return state, foreign, (intact, entries)
 

@@ -25,7 +25,7 @@ from vpnsplit.plan import Address, Dnat, Guard, Route, Rule, Snat, State
 
 # the kinds of object a tunnel owns, by the name its record gives them
 KINDS = {cls.__name__: cls for cls in (Rule, Route, Address, Snat, Dnat, Guard, backstop.Confine, backstop.Reach,
-                                       dns.DnsSource, dns.DnsBlock, apps.AppConfine, apps.AppReach)}
+                                       dns.DnsSource, dns.DnsBlock, dns.DnsApp, dns.DnsAppBlock, apps.AppConfine, apps.AppReach)}
 PARTS = State._fields  # rules, routes, addresses, nft
 # fields that hold neither an address nor a device name
 _WORDS = {"type": ("unicast", "unreachable"), "proto": ("", "tcp", "udp")}
@@ -92,6 +92,11 @@ def leftovers(recorded, desired, claimed=State()):
     """What *recorded* (a tunnel's record) holds that *desired* (this run's plan, every tunnel of
     the run together) no longer wants and no other record (*claimed*) holds: what the run removes."""
     return State(*(mine - want - theirs for mine, want, theirs in zip(recorded, desired, claimed)))
+
+
+def app_slots(state):
+    """The per-app slots (apps.py) whose mark *state*'s rules steer."""
+    return {apps.slot_of(r.fwmark) for r in state.rules if r.fwmask == apps.APP_MASK} - {None}
 
 
 def union(states):

@@ -197,12 +197,12 @@ def plan_up(tunnel, lease):
     families = [a.version for a in lease.locals]
     down = plan_down(tunnel, families=families)
     # the sources' DNS: redirected while up, refused only while down
-    nft.update(e for e in down.nft if not isinstance(e, dns.DnsBlock))
+    nft.update(e for e in down.nft if not isinstance(e, (dns.DnsBlock, dns.DnsAppBlock)))
     return State(
         rules=frozenset(rules | down.rules),
         routes=frozenset(routes | down.routes),
         addresses=_aliases(tunnel, families) | down.addresses,
-        nft=frozenset(nft | dns.plan_sources(tunnel, lease)),
+        nft=frozenset(nft | dns.plan_sources(tunnel, lease) | dns.plan_apps(tunnel, lease)),
     )
 
 
@@ -237,7 +237,7 @@ def plan_down(tunnel, families=()):
         guards.update(backstop.confine(tunnel) | apps.confine(tunnel))  # the backstop holds without the rules
     keep_aliases = tunnel.strict and tunnel.alias_device not in (None, tunnel.device)
     addrs = _aliases(tunnel, (4, 6)) if keep_aliases else frozenset()
-    guards |= dns.plan_sources(tunnel, None)
+    guards |= dns.plan_sources(tunnel, None) | dns.plan_apps(tunnel, None)
     return State(rules=frozenset(rules), routes=frozenset(routes), addresses=addrs, nft=frozenset(guards))
 
 
@@ -247,6 +247,10 @@ def _app_rules(tunnel, families):
     mark, rules = apps.mark(tunnel.app_slot), set()
     for fam in families:
         every = EVERYWHERE[fam]
+        # their DNS into the tunnel before the `lan` exceptions, whatever resolver it asks: the tunnel address
+        # is its source, so dns.DnsApp's redirect to the tunnel's resolver needs no NAT and passes rp_filter
+        rules.update(Rule(fam, tunnel.priority + 1, tunnel.table, every, fwmark=mark, fwmask=apps.APP_MASK,
+                          ipproto=proto, dport=dns.DNS_PORT) for proto in (6, 17))
         rules.update(Rule(fam, tunnel.priority + 2, MAIN_TABLE, every, str(lan), fwmark=mark, fwmask=apps.APP_MASK)
                      for lan in tunnel.lan if lan.version == fam)
         rules.add(Rule(fam, tunnel.priority + 3, tunnel.table, every, fwmark=mark, fwmask=apps.APP_MASK))

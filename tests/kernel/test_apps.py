@@ -82,7 +82,8 @@ def test_program_and_its_children_leave_through_the_tunnel(app_world, fam):
     count = outside(isp)
     assert ns.vpnsplit("up", "vpn").returncode == 0
     lan = fam.lan.split("/")[0]
-    assert mark_rules(ns, fam) == [(PRIO + 2, 254, lan), (PRIO + 3, TABLE, None)]
+    # (P+1: their DNS into the tunnel, TCP and UDP: test_apps_dns)
+    assert mark_rules(ns, fam) == [(PRIO + 1, TABLE, None)] * 2 + [(PRIO + 2, 254, lan), (PRIO + 3, TABLE, None)]
     for proto in ("udp", "tcp"):
         # unbound sockets: the tunnel address, chosen by the route lookup the mark steers (no NAT); replies pass rp_filter
         got, seen = received(far, fam.internet, 5100, lambda: apps.send(proto, fam.internet, 5100), proto)

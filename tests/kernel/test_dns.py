@@ -56,7 +56,7 @@ def test_sources_redirect_follows_the_lease_and_refuses_while_down(ns):
     assert up(ns).returncode == 0
     sets, chains = dns_nft(ns)
     assert sets["dns_src4"] == [[{"prefix": {"addr": "10.20.1.0", "len": 24}}, "192.0.2.53"]] and sets["dns_down4"] == []
-    assert chains == {"dns_dstnat": 2, "dns_refuse": 4}  # nothing of the default VPN's
+    assert chains == {"dns_dstnat": 2, "dns_refuse": 4, "dns_app": 2, "dns_app_refuse": 2}  # nothing of the default VPN's
     status = json.loads(ns.vpnsplit("status", "--json").stdout)["tunnels"][0]
     assert (status["dns"], status["dns_from"], status["lease"]["dns"]) == (["192.0.2.53"], "vpn", ["192.0.2.53"])
     before = ns.dump()
@@ -87,7 +87,7 @@ def test_the_default_vpn_marks_redirects_and_goes_back_byte_for_byte(ns):
     assert ns.vpnsplit("default", "provider").returncode == 0
     assert (31991, "all", 100, 118) in ns.rules(family=4) and (31991, "all", 100, 118) in ns.rules(family=6)
     _, chains = dns_nft(ns)
-    assert chains == {"dns_dstnat": 2, "dns_refuse": 4, "dns_mark": 1, "dns_restore": 1, "dns_out": 1, "dns_masq": 1}
+    assert chains == {"dns_dstnat": 2, "dns_refuse": 4, "dns_app": 2, "dns_app_refuse": 2, "dns_mark": 1, "dns_restore": 1, "dns_out": 1, "dns_masq": 1}
     assert svm(ns) == "1"
     assert ns.vpnsplit("check").returncode == 0
     on = ns.dump()

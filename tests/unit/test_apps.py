@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from tests.unit.test_plan import lease, tunnel
-from vpnsplit import apps, bpf, cgroups, config, nftkinds, plan
+from vpnsplit import apps, bpf, cgroups, config, dns, nftkinds, plan
 from vpnsplit.errors import InputError
 
 EVERY = {4: "0.0.0.0/0", 6: "::/0"}
@@ -30,14 +30,32 @@ def test_mark_layout_stays_clear_of_the_other_marks():
 def test_rules_and_entries_follow_strict_and_families():
     t = tunnel(app_slot=3, lan=["192.168.1.0/24"], sources=["10.20.1.0/24"])
     mark = dict(fwmark=0x83000000, fwmask=0x8F000000)
-    app_rules = {r for r in plan.plan_down(t).rules if r.fwmask}
+    app_rules = {r for r in plan.plan_down(t).rules if r.fwmask and not r.dport}
     assert app_rules == {plan.Rule(4, 1002, 254, EVERY[4], "192.168.1.0/24", **mark), plan.Rule(4, 1003, 100, EVERY[4], **mark),
                          plan.Rule(6, 1003, 100, EVERY[6], **mark)}
+    # their DNS into the tunnel's table before the lan exception, whatever resolver it asks
+    assert {r for r in plan.plan_down(t).rules if r.dport} == {
+        plan.Rule(f, 1001, 100, EVERY[f], **mark, ipproto=p, dport=53) for f in (4, 6) for p in (6, 17)}
     assert {apps.AppConfine(0x83000000, "tun0"), apps.AppReach(4, 0x83000000, "192.168.1.0/24", "tun0")} <= plan.plan_down(t).nft
     loose = tunnel(app_slot=3, strict=False)
     assert not [r for r in plan.plan_down(loose).rules if r.fwmask] and not apps.confine(loose)
-    assert {r for r in plan.plan_up(loose, lease()).rules if r.fwmask} == {plan.Rule(4, 1003, 100, EVERY[4], **mark)}
+    assert {r for r in plan.plan_up(loose, lease()).rules if r.fwmask and not r.dport} == {plan.Rule(4, 1003, 100, EVERY[4], **mark)}
     assert not [r for r in plan.plan_down(tunnel()).rules if r.fwmask]
+
+
+def test_dns_of_the_programs_goes_to_the_tunnels_resolver_or_is_refused():
+    t = tunnel(app_slot=3, dns=["10.8.0.1", "fd00:8::1"])
+    assert dns.plan_apps(t, lease()) == {dns.DnsApp(4, 0x83000000, "10.8.0.1"), dns.DnsApp(6, 0x83000000, "fd00:8::1")}
+    assert dns.plan_apps(t, lease()) <= plan.plan_up(t, lease()).nft
+    assert dns.DnsAppBlock(0x83000000) in plan.plan_down(t).nft and not {e for e in plan.plan_up(t, lease()).nft
+                                                                        if isinstance(e, dns.DnsAppBlock)}
+    assert not dns.plan_apps(tunnel(app_slot=3, strict=False), None) and not dns.plan_apps(tunnel(), lease())
+    entries = dns.plan_apps(t, lease()) | {dns.DnsAppBlock(0x85000000)}
+    listing = nftkinds.Listing({}, set(), {})
+    for e in entries:
+        for name, elem in nftkinds.KINDS[type(e)].elements(e):
+            listing.sets.setdefault(name, []).append(elem)
+    assert {x for e in entries for x in nftkinds.KINDS[type(e)].read(listing)} == entries
 
 
 def test_nft_elements_read_back_as_the_entries():

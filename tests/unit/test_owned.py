@@ -90,6 +90,13 @@ def test_a_gone_section_leaves_everything_but_what_another_record_claims():
     assert owned.leftovers(down, down) == plan.State()
 
 
+def test_the_app_slots_a_state_steers_are_read_from_its_marked_rules():
+    assert owned.app_slots(plan.plan_up(tunnel(app_slot=3), LEASE)) == {3} == owned.app_slots(plan.plan_down(tunnel(app_slot=3)))
+    assert owned.app_slots(plan.plan_up(tunnel(), LEASE)) == set()
+    # another mark's rule (the default VPN's client mark, say) is no slot
+    assert owned.app_slots(plan.State(rules=frozenset({plan.Rule(4, 31990, 254, "0.0.0.0/0", fwmark=0x20000000, fwmask=0x20000000)}))) == set()
+
+
 def test_records_keep_what_was_applied_up_and_down(tmp_path):
     statedir = state.StateDir(str(tmp_path))
     up, down = plan.plan_up(tunnel(), LEASE), plan.plan_down(tunnel())
