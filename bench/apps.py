@@ -114,16 +114,13 @@ def run(runs=7, conn_runs=15, send_runs=21, seconds=3, conn_seconds=1, budget=30
         for p in pairs.values():
             p.close()
         _remove(base)
-    conn, cpu = packet.sample_stats(raw, "per_second"), packet.sample_stats(raw, "cpu_us_per_connection")
+    figures, conn, cpu = packet.connection_figures(raw, tput, conn_seconds)
     t = [tput[f"{label[k]} (Gbit/s)"]["median"] for k in (False, True)]
     c = [conn[f"{label[k]} (conn/s)"]["median"] for k in (False, True)]
     u = [cpu[f"{label[k]} (conn/s)"]["median"] for k in (False, True)]
     d = [s["median"] for s in send.values()]
     return {
-        "conn_seconds": conn_seconds,
-        "throughput": tput,
-        "connections": conn,
-        "cpu_per_connection": {k.replace("(conn/s)", "(CPU µs per connection)"): v for k, v in cpu.items()},
+        **figures,
         "cpu_per_datagram": send,
         "checks": {"source and mark of a program in the cgroup": seen},
         "derived": {

@@ -59,16 +59,13 @@ def run(runs=5, conn_runs=9, send_runs=15, seconds=3, conn_seconds=1, budget=150
     finally:
         for p in pairs.values():
             p.close()
-    conn, cpu = packet.sample_stats(raw, "per_second"), packet.sample_stats(raw, "cpu_us_per_connection")
+    figures, conn, cpu = packet.connection_figures(raw, tput, conn_seconds)
     t = {k: tput[f"{v} (Gbit/s)"]["median"] for k, v in VARIANTS.items()}
     c = {k: conn[f"{v} (conn/s)"]["median"] for k, v in VARIANTS.items()}
     u = {k: cpu[f"{v} (conn/s)"]["median"] for k, v in VARIANTS.items()}
     d = {k: send[f"{v} (CPU ns per datagram)"]["median"] for k, v in VARIANTS.items()}
     return {
-        "conn_seconds": conn_seconds,
-        "throughput": tput,
-        "connections": conn,
-        "cpu_per_connection": {label.replace("(conn/s)", "(CPU µs per connection)"): v for label, v in cpu.items()},
+        **figures,
         "cpu_per_datagram": send,
         "checks": {"backstop chain lines listed": rules},
         "derived": {

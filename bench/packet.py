@@ -142,6 +142,15 @@ def sample_stats(samples, key=None):
     return {label: stats([s[key] for s in v] if key else v, scale=1.0) for label, v in samples.items()}
 
 
+def connection_figures(raw, tput, conn_seconds):
+    """What every connection A/B reports, from its streams *tput* and connrate samples *raw*: (the
+    figures for results.json, conn/s and CPU µs per connection, each by contender label)."""
+    conn, cpu = sample_stats(raw, "per_second"), sample_stats(raw, "cpu_us_per_connection")
+    figures = {"conn_seconds": conn_seconds, "throughput": tput, "connections": conn,
+               "cpu_per_connection": {label.replace("(conn/s)", "(CPU µs per connection)"): v for label, v in cpu.items()}}
+    return figures, conn, cpu
+
+
 # conn/s contenders; the last four attribute the 100-tunnel loss (module docstring)
 CONN = {
     "plain": "plain: from 10.8.0.2, no vpnsplit (conn/s)",
@@ -186,17 +195,14 @@ def run(runs=5, conn_runs=9, seconds=3, conn_seconds=2, budget=150):
     finally:
         for p in pairs.values():
             p.close()
-    conn, cpu = sample_stats(raw, "per_second"), sample_stats(raw, "cpu_us_per_connection")
+    figures, conn, cpu = connection_figures(raw, tput, conn_seconds)
     t = [v["median"] for v in tput.values()]
     c = {k: conn[label]["median"] for k, label in CONN.items()}
     u = {k: cpu[label]["median"] for k, label in CONN.items()}
     walked = checks["census"]["last"]["ipv4_rules"] - checks["census"]["nft"]["ipv4_rules"]  # rules before tun0's
     cl = "ip netns exec CLIENT"
     return {
-        "conn_seconds": conn_seconds,
-        "throughput": tput,
-        "connections": conn,
-        "cpu_per_connection": {label.replace("(conn/s)", "(CPU µs per connection)"): v for label, v in cpu.items()},
+        **figures,
         "checks": checks,
         "derived": {
             "throughput alias+SNAT / plain": t[1] / t[0],
