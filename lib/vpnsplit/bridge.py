@@ -171,7 +171,7 @@ def steps(nl, statedir, targets, configured, gone=()):
             entry = new.setdefault(tunnel.bridge, {"created": False, "addresses": []})
             out += _ensure(nl, tunnel, entry)
     sections = {t.name: t.bridge for t in (*configured, *targets)}
-    recorded = set(statedir.names())
+    recorded = set(statedir.names()) if doc else set()  # a host without bridges lists no state directory
     for bridge, entry in sorted(doc.items()):
         owner = entry.get("tunnel")
         if owner in gone or sections.get(owner, bridge) != bridge or configured and owner not in sections and owner not in recorded:
