@@ -1,6 +1,8 @@
 """`vpnsplit watch`: put back what other programs take away, in the foreground.
 
-The watcher blocks on its two netlink sockets (events.py) and a signal pipe; nothing runs
+The watcher blocks on its two netlink sockets (events.py), an inotify descriptor on the cgroup tree
+when tunnels configure `cgroups`/`units` (cgwatch.py: a new one is attached at once, outside any
+converge) and a signal pipe; nothing runs
 while nothing changes. A foreign event that may touch what vpnsplit owns marks a converge
 as due: the sockets are drained, and once they stay quiet for QUIET seconds (at most
 MAX_DELAY after the first event) every tunnel is converged in one engine run under the
@@ -23,7 +25,7 @@ import socket
 import sys
 import time
 
-from vpnsplit import engine, events, heal, pidfile, runner, state
+from vpnsplit import cgwatch, engine, events, heal, pidfile, runner, state
 from vpnsplit.errors import InputError, LockTimeout, VpnsplitError, shown
 from vpnsplit.kernel import Kernel
 
@@ -66,7 +68,8 @@ class Watcher:
         self.last = self.retry_at = 0.0
         self.backoff = heal.Backoff()
         self.stopped = self.reload = None
-        self.stats = {"converges": 0, "heals": 0, "failures": 0, "events": 0, "cpu_s": 0.0}
+        self.stats = {"converges": 0, "heals": 0, "failures": 0, "events": 0, "attached": 0, "cpu_s": 0.0}
+        self.cgw = None
         self.quiet = _Quiet()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -82,18 +85,21 @@ class Watcher:
         listener = events.Listener()
         self.kernel = Kernel()
         self.own = set()  # the writer's netlink port, known once its first request bound it
-        poller = select.poll()
+        self.poller = select.poll()
         for fd in (wake_r.fileno(), *listener.fds):
-            poller.register(fd, select.POLLIN)
+            self.poller.register(fd, select.POLLIN)
+        self._watch_cgroups()
         log.info("watching %d tunnel(s) in %s (heals: a burst of %d, then one per %g s)", len(self.cfg.tunnels),
                  shown(self.cfg.path), self.budget.burst, self.budget.period)
         try:
             while self.stopped is None:
                 due = self._due()
                 timeout = None if due is None else max(0, int((due - time.monotonic()) * 1000) + 1)
-                for fd, _ in poller.poll(timeout):
+                for fd, _ in self.poller.poll(timeout):
                     if fd == wake_r.fileno():
                         _drain(wake_r)
+                    elif self.cgw is not None and fd == self.cgw.fd:
+                        self._attached(self.cgw.drain())
                     else:
                         self._note(listener.drain(fd, self.scope, self.own))
                 if self.reload:
@@ -102,6 +108,8 @@ class Watcher:
                     self.converge()
         finally:
             listener.close()
+            if self.cgw is not None:
+                self.cgw.close()
             self.kernel.close()
             signal.set_wakeup_fd(-1)
         log.info("stopped by %s after %d converge(s), %d heal(s), %d event(s)", self.stopped, self.stats["converges"],
@@ -140,8 +148,26 @@ class Watcher:
             log.error("SIGHUP: %s; keeping the configuration read before", e)
             return
         self.scope = events.Scope.of(self.cfg.tunnels)
+        self._watch_cgroups()
         log.info("SIGHUP: re-read %s (%d tunnel(s))", shown(self.cfg.path), len(self.cfg.tunnels))
         self._note([events.Event("SIGHUP: the configuration was re-read")])
+
+    def _watch_cgroups(self):
+        """(Re)start watching the cgroup tree for the configured cgroups and units."""
+        if self.cgw is not None:
+            self.poller.unregister(self.cgw.fd)
+            self.cgw.close()
+        self.cgw = cgwatch.CgroupWatch.of(self.cfg.tunnels)
+        if self.cgw is not None:
+            self.poller.register(self.cgw.fd, select.POLLIN)
+            self._attached(self.cgw.start())
+
+    def _attached(self, done):
+        for tunnel, what, path, seconds in done:
+            self.stats["attached"] += 1
+            log.info("tunnel %s: %s (%s) appeared: its socket-mark program attached in %.1f ms", tunnel, what, path,
+                     seconds * 1e3)
+            self._emit({"attached": path, "tunnel": tunnel, "what": what, "at": time.time(), "ms": round(seconds * 1e3, 3)})
 
     # -- one converge --------------------------------------------------------------------------
     def converge(self):

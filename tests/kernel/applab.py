@@ -106,9 +106,13 @@ class Apps:
         out, seconds, mark = lines[-2].split()
         return out, float(seconds), int(mark, 16)
 
+    def spawn(self, cmd, below="", **popen):
+        """*cmd* started plainly (outside any tunnel) in the cgroup *below* the test's, where cgroup2 is visible."""
+        return subprocess.Popen(self.argv([str(c) for c in cmd], None), stdout=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: self._enter(below), **popen)
+
     def listen(self, addr, port):
-        proc = subprocess.Popen(self.argv([sys.executable, "-c", LISTEN, addr, str(port)]), stdout=subprocess.PIPE, text=True,
-                                preexec_fn=self._enter)
+        proc = self.spawn([sys.executable, "-c", LISTEN, addr, port])
         assert proc.stdout.readline().strip() == "ready", "listener did not start"
         return proc
 

@@ -13,10 +13,15 @@ from tests.kernel.nslab import VPNSPLIT
 class Watcher:
     """`vpnsplit watch --json` inside *ns*; `converges()` are its JSON lines so far, `log()` its stderr."""
 
-    def __init__(self, ns, *args):
+    def __init__(self, ns, *args, apps=None):
+        """*apps* (applab.Apps): run it where cgroup2 is visible (`ip netns exec` hides it)."""
         env = [f"{k}={v}" for k, v in ns.env().items()]
-        argv = ["ip", "netns", "exec", ns.name, "/usr/bin/env", "-i", *env, *VPNSPLIT, "watch", "--json", *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = ["/usr/bin/env", "-i", *env, *VPNSPLIT, "watch", "--json", *args]
+        if apps is None:
+            self.proc = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+        else:
+            self.proc = apps.spawn(argv, stderr=subprocess.PIPE)
         self.lines, self._err, self._q = [], [], queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout, self._q), daemon=True).start()
         threading.Thread(target=self._read, args=(self.proc.stderr, None), daemon=True).start()
