@@ -79,7 +79,8 @@ class Targets:
 
 class CgroupWatch:
     """The inotify descriptor (`fd`, for poll) and its watches. `drain()` attaches what appeared and
-    returns what it did: [(tunnel, what, path, seconds from reading the event to attached)]."""
+    returns what it did: [(tunnel, what, path, seconds from reading the event to attached, processes
+    the cgroup held right after: they entered before the attach)]."""
 
     def __init__(self, top, targets):
         self.top, self.targets = top, targets
@@ -140,7 +141,7 @@ class CgroupWatch:
         except (KernelError, OSError) as e:
             log.warning("tunnel %s: %s (%s) not covered: %s", tunnel.name, what, path, e)
             return []
-        return [(tunnel.name, what, path, time.monotonic() - since)]
+        return [(tunnel.name, what, path, time.monotonic() - since, cgroups.processes(path) or 0)]
 
     def drain(self):
         done = []

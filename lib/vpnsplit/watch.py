@@ -163,11 +163,16 @@ class Watcher:
             self._attached(self.cgw.start())
 
     def _attached(self, done):
-        for tunnel, what, path, seconds in done:
+        for tunnel, what, path, seconds, before in done:
             self.stats["attached"] += 1
             log.info("tunnel %s: %s (%s) appeared: its socket-mark program attached in %.1f ms", tunnel, what, path,
                      seconds * 1e3)
-            self._emit({"attached": path, "tunnel": tunnel, "what": what, "at": time.time(), "ms": round(seconds * 1e3, 3)})
+            if before:  # the window cgwatch.py describes
+                log.warning("tunnel %s: %d process(es) entered %s before its program was attached: sockets they made "
+                            "before stay outside the tunnel (restart them; vpnsplit unit-dropin has no such window)",
+                            tunnel, before, path)
+            self._emit({"attached": path, "tunnel": tunnel, "what": what, "at": time.time(), "ms": round(seconds * 1e3, 3),
+                        "processes": before})
 
     # -- one converge --------------------------------------------------------------------------
     def converge(self):

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 
@@ -26,6 +27,16 @@ s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOC
 for _ in range(count):
     s.sendto(b"hello", (addr, port)); time.sleep(0.01)
 print(hex(s.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) & 0xffffffff))
+"""
+
+# a process that entered before the attach: a socket made then, and one after it is told to go on
+EARLY = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+before = socket.socket(fam, socket.SOCK_DGRAM)
+print("ready", flush=True); sys.stdin.readline()
+after = socket.socket(fam, socket.SOCK_DGRAM)
+print(*(hex(s.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) & 0xffffffff) for s in (before, after)))
 """
 
 
@@ -116,4 +127,33 @@ def test_a_unit_made_again_20_times_while_traffic_flows_is_covered_by_the_watche
         assert [d["what"] for d in lines] == ["unit d.service"] * 20
         assert watcher.signal()[0] == 0
     finally:
+        watcher.stop()
+
+
+def test_a_process_that_entered_before_the_attach_is_named_and_only_its_later_sockets_are_marked(app_world, fam):
+    """The window, made long on purpose: the watcher stopped while the cgroup is made and a process
+    enters it and makes a socket. What the README says: that socket stays unmarked, later ones get
+    the mark, and the watcher names the process count in a warning."""
+    ns, far, isp, apps = app_world
+    ns.write_config(APP_CONFIG + 'cgroups = ["svc/e"]\n')
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    watcher = Watcher(ns, apps=apps)
+    try:
+        watcher.proc.send_signal(signal.SIGSTOP)
+        os.makedirs(os.path.join(apps.cgroup, "svc/e"))
+        early = apps.spawn([sys.executable, "-c", EARLY, fam.internet], below="svc/e", stdin=subprocess.PIPE)
+        try:
+            assert early.stdout.readline().strip() == "ready"
+            watcher.proc.send_signal(signal.SIGCONT)
+            lines = attached(watcher, 1)
+            assert [(d["what"], d["processes"]) for d in lines] == [("cgroup svc/e", 1)]
+            assert until(lambda: "1 process(es) entered" in watcher.log()), watcher.log()
+            assert "before its program was attached: sockets they made before stay outside the tunnel" in watcher.log()
+            assert early.communicate("go\n", timeout=10)[0].split() == ["0x0", hex(MARK)]
+        finally:
+            early.kill()
+            early.wait()
+        assert watcher.signal()[0] == 0
+    finally:
+        watcher.proc.send_signal(signal.SIGCONT)
         watcher.stop()
