@@ -106,13 +106,13 @@ class Apps:
         out, seconds, mark = lines[-2].split()
         return out, float(seconds), int(mark, 16)
 
-    def spawn(self, cmd, below="", **popen):
-        """*cmd* started plainly (outside any tunnel) in the cgroup *below* the test's, where cgroup2 is visible."""
-        return subprocess.Popen(self.argv([str(c) for c in cmd], None), stdout=subprocess.PIPE, text=True,
+    def spawn(self, cmd, tunnel=None, below="", **popen):
+        """*cmd* started (under `vpnsplit run TUNNEL`, or plainly) in the cgroup *below* the test's, where cgroup2 is visible."""
+        return subprocess.Popen(self.argv([str(c) for c in cmd], tunnel), stdout=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: self._enter(below), **popen)
 
     def listen(self, addr, port):
-        proc = self.spawn([sys.executable, "-c", LISTEN, addr, port])
+        proc = self.spawn([sys.executable, "-c", LISTEN, addr, port], tunnel="vpn")
         assert proc.stdout.readline().strip() == "ready", "listener did not start"
         return proc
 
