@@ -126,7 +126,10 @@ def test_a_unit_made_again_20_times_while_traffic_flows_is_covered_by_the_watche
         assert marks == [hex(MARK)] * 20, watcher.log()
         assert (count(), arrived()) == (0, 200)
         assert [d["what"] for d in lines] == ["unit d.service"] * 20
+        # a restart costs no converge: only the one at start ran (the attaches wrote nothing that wakes it)
         assert watcher.signal()[0] == 0
+        assert [d["converge"] for d in watcher.settle(0.5) if "converge" in d] == [1]
+        assert watcher.lines[-1]["attached"] == 20 and watcher.lines[-1]["converges"] == 1
     finally:
         watcher.stop()
 
