@@ -158,9 +158,9 @@ class CgroupWatch:
                 done += self._event(wd, mask, name, since)
 
     def _event(self, wd, mask, name, since):
-        if mask & IN_Q_OVERFLOW:  # events were lost: read the tree again
+        if mask & IN_Q_OVERFLOW:
             log.warning("inotify queue overflowed: reading the cgroup tree again")
-            return self.scan("", since)
+            return self.rescan(since)
         if mask & IN_IGNORED:
             self.rels.pop(self.wds.pop(wd, None), None)
             return []
@@ -173,9 +173,14 @@ class CgroupWatch:
         self._forget(rel)
         return []
 
+    def rescan(self, since):
+        """Events were lost (a removal, maybe): watch the tree anew."""
+        self._forget("")
+        return self.scan("", since)
+
     def _forget(self, rel):
-        """Drop the watches of the removed directory *rel* and below."""
-        for gone in [r for r in self.rels if r == rel or r.startswith(rel + "/")]:
+        """Drop the watches of the removed directory *rel* and below ("": all)."""
+        for gone in [r for r in self.rels if r == rel or r.startswith(rel + "/") or rel == ""]:
             wd = self.rels.pop(gone)
             self.wds.pop(wd, None)
             try:

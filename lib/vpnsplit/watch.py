@@ -259,14 +259,15 @@ def _drain(sock):
         pass
 
 
-SUMMARY = "stay in the foreground and put back what other programs remove (SIGHUP: re-read the config)"
+SUMMARY = ("stay in the foreground, put back what other programs remove and attach per-app cgroups as they appear "
+           "(SIGHUP: re-read the config)")
 
 
 def add_arguments(p):
     p.add_argument("--burst", type=int, default=5, metavar="N", help="heals allowed back to back (default 5) ...")
     p.add_argument("--period", type=float, default=5.0, metavar="SECONDS",
                    help="... then at most one heal per SECONDS (default 5); a fight is logged once per period")
-    p.add_argument("--json", action="store_true", help="a JSON line per converge on stdout (cause, changes, ms, cpu)")
+    p.add_argument("--json", action="store_true", help="a JSON line per converge (cause, changes, ms, cpu) and per new cgroup attached on stdout")
 
 
 def main(args, cfg):

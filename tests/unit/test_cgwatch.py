@@ -75,3 +75,15 @@ def test_units_in_slices_and_a_removed_directory_drops_its_watches(watch, tmp_pa
     (tmp_path / "system.slice/b.service").rmdir()
     (tmp_path / "system.slice/b.service").mkdir()
     assert [d[1] for d in watch.drain()] == ["unit b.service"]
+
+
+def test_lost_events_mean_the_tree_is_watched_anew(watch, tmp_path):
+    watch.start()
+    (tmp_path / "svc").mkdir()
+    watch.drain()
+    stale = watch.rels["svc"]
+    (tmp_path / "svc").rmdir()  # its removal is among the lost events
+    os.makedirs(tmp_path / "svc/late/a")
+    done = watch.rescan(0.0)  # what an IN_Q_OVERFLOW event calls
+    assert [d[1] for d in done] == ["cgroup svc/late/a"] and set(watch.rels) == {"", "svc", "svc/late"}
+    assert set(watch.wds) == set(watch.rels.values()) and stale not in watch.wds
