@@ -106,11 +106,15 @@ class Apps:
         out, seconds, mark = lines[-2].split()
         return out, float(seconds), int(mark, 16)
 
-    def listen(self, addr, port):
-        proc = subprocess.Popen(self.argv([sys.executable, "-c", LISTEN, addr, str(port)]), stdout=subprocess.PIPE, text=True,
-                                preexec_fn=self._enter)
-        assert proc.stdout.readline().strip() == "ready", "listener did not start"
+    def start(self, *cmd, tunnel="vpn"):
+        """*cmd* under `vpnsplit run TUNNEL`, running on (stdin and stdout pipes), once it printed "ready"."""
+        proc = subprocess.Popen(self.argv([str(c) for c in cmd], tunnel), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, preexec_fn=self._enter)
+        assert proc.stdout.readline().strip() == "ready", f"{cmd[:3]} did not start"
         return proc
+
+    def listen(self, addr, port):
+        return self.start(sys.executable, "-c", LISTEN, addr, port)
 
 
 def remove_cgroup(path):
