@@ -11,6 +11,7 @@ A counter on isp counts every DNS packet that reaches it.
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -100,3 +101,28 @@ def test_a_programs_dns_goes_to_the_tunnels_resolver_and_never_out_by_the_uplink
             assert got.startswith("failed") and ("unreachable" in got or "refused" in got), (server, tcp, got)
     assert (len(servers["lan"].queries()), at_isp(isp), servers["stub"].queries()) == (asked, before, [])
     assert len(servers["tunnel"].queries()) == answered
+
+
+def test_explain_pid_says_where_the_programs_dns_goes_as_the_kernel_does(dns_world, fam):
+    """`explain --pid PID DST`'s dns part: the redirect to the tunnel's resolver, with the kernel's route for it (port 53,
+    the program's mark); what the program's own lookup then does agrees: answered by that resolver, from that source."""
+    ns, isp, apps, servers = dns_world
+    lan, resolver = RESOLVERS["lan"][fam.fam == 6], RESOLVERS["tunnel"][fam.fam == 6]
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    sleeper = apps.start(sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)")
+    try:
+        explained = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan, "--json")
+        dns = json.loads(explained.stdout)["dns"]
+        assert (dns["action"], dns["to"], dns["device"], dns["source"]) == ("redirect", resolver, "vpn0", fam.tunnel), explained.stderr
+        text = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan).stdout
+        assert f"  dns to {lan} (port 53): redirected to {resolver} (the tunnel's resolver), whatever resolver it asks: " \
+               f"table 10003, dev vpn0, source {fam.tunnel}" in text, text
+        assert lookup(apps, fam, lan) == "192.0.2.201" and servers["tunnel"].queries()[-1] == dns["source"]
+        assert ns.vpnsplit("down", "vpn").returncode == 0
+        text = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan).stdout
+        assert f"  dns to {lan} (port 53): refused at once (strict: the tunnel is down)" in text, text
+        got = lookup(apps, fam, lan)
+        assert got.startswith("failed") and ("refused" in got or "unreachable" in got), got
+    finally:
+        sleeper.kill()
+        sleeper.wait()
