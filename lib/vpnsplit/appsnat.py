@@ -18,7 +18,8 @@ While a tunnel is up (apps.AppSnat; vpn0 its device, 10.8.0.2 its address):
         meta mark & 0x8f000000 != 0 ct mark 0 ct mark set meta mark & 0x8f000000
         meta nfproto ipv4 snat ip to meta mark & 0x8f000000 . oifname map @app_snat4 }
     chain app_replies { type filter hook prerouting priority mangle;
-        ct mark & 0x8f000000 != 0 meta mark 0 meta mark set ct mark & 0x8f000000 }
+        ct mark & 0x8f000000 != 0 meta mark 0 meta mark set ct mark & 0x8f000000
+        iifname != "lo" ip daddr 127.0.0.0/8 drop }                # before de-NAT: only from the wire
     (the same for IPv6)
 
 A socket bound to another address of the host (the uplink's, the LAN's) still carries the mark, so
@@ -27,6 +28,12 @@ have it already: SNAT to the same address changes nothing). Conntrack keeps the 
 replies get it back before routing, so the strict reverse-path check (with the tunnel's
 src_valid_mark, sysctl.py) finds their way back through the tunnel; de-NAT-ed to the uplink's
 address, they would be dropped. Both only where no mark is set yet, so they only OR bits in.
+
+A program's DNS to a stub on this host (systemd-resolved's 127.0.0.53) is redirected to the tunnel's
+resolver (dnsnat.py's dns_app) with its loopback source, which the kernel lets leave only by a device
+with route_localnet (switched on for the per-app tunnel, sysctl.py) and which app_snat then rewrites;
+its reply, de-NAT-ed to 127.0.0.1, is let in by the same switch. Packets from the wire for 127.0.0.0/8
+are dropped before any de-NAT (a tunnel peer must never reach this host's loopback services).
 
 The apps chain catches what the rules cannot: a socket bound to the uplink device (its route lookup failing,
 the kernel sends a bound socket's packets on-link out of that device), a rule sweep. It drops (a
@@ -133,7 +140,10 @@ class AppSnatKind(ElementKind):
     chains = {"app_snat": ("nat", "postrouting", SRCNAT_PRIORITY, [_copy(_CT, _META)] + [
         [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4" if f == 4 else "ipv6"}},
          {"snat": {"family": NFPROTO[f], "addr": {"map": {"key": {"concat": [_masked(), OIFNAME]}, "data": f"@app_snat{f}"}}}}]
-        for f in (4, 6)]), "app_replies": ("filter", "prerouting", MANGLE_PRIORITY, [_copy(_META, _CT)])}
+        for f in (4, 6)]), "app_replies": ("filter", "prerouting", MANGLE_PRIORITY, [_copy(_META, _CT), [
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}, {"drop": None}]])}
 
     def elements(self, e):
         return [(f"app_snat{e.family}", [{"concat": [e.mark, e.device]}, e.to])]

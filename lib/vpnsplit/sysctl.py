@@ -23,10 +23,13 @@ log = logging.getLogger("vpnsplit")
 PROC = "/proc/sys/net"
 # the per-device switches vpnsplit turns on, and what a step calls them: forwarding for forwarded sources, by
 # IP version, and "mark": IPv4 src_valid_mark on the default VPN's tunnel, so that the reverse-path check of
-# its redirected DNS replies uses their mark (dnsnat.py), and on a per-app tunnel for its programs' replies (appsnat.py)
-SWITCH = {4: "forwarding", 6: "force_forwarding", "mark": "src_valid_mark"}
+# its redirected DNS replies uses their mark (dnsnat.py), and on a per-app tunnel for its programs' replies (appsnat.py);
+# "localnet": IPv4 route_localnet on a per-app tunnel, so that a program's DNS to a stub on 127.0.0.0/8, redirected to
+# the tunnel's resolver (dns.DnsApp), may leave by it with its loopback source until SNAT (appsnat.py)
+SWITCH = {4: "forwarding", 6: "force_forwarding", "mark": "src_valid_mark", "localnet": "route_localnet"}
 SWITCH_NAME = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)",
-               "mark": "src_valid_mark (the reverse-path check of marked replies: the default VPN's DNS, per-app programs')"}
+               "mark": "src_valid_mark (the reverse-path check of marked replies: the default VPN's DNS, per-app programs')",
+               "localnet": "route_localnet (per-app programs' DNS to a stub on 127.0.0.0/8, redirected into the tunnel)"}
 
 
 def _path(version, device, key):
@@ -105,6 +108,8 @@ def _needed(kernel, tunnel, lease, version, is_default):
     (the replies to its programs carry their mark)."""
     if version == "mark":
         return {tunnel.device} if (is_default or tunnel.app_slot is not None) and lease is not None else set()
+    if version == "localnet":
+        return {tunnel.device} if tunnel.app_slot is not None and lease is not None and lease.local4 else set()
     local = lease and (lease.local4 if version == 4 else lease.local6)
     if local is None or not any(n.version == version for n in tunnel.sources):
         return set()
@@ -147,7 +152,7 @@ def switch_steps(kernel, switched_before, tunnel, lease, is_default=False, claim
                 ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: set_switch(d, v, True),
                                 lambda d=dev, v=version: set_switch(d, v, False)))
                 switched[version].add(dev)
-        if version != "mark" and host_wide(version):
+        if version in (4, 6) and host_wide(version):
             continue
         for dev in sorted(was - need - others):
             offs.append(Step(f"switch {what} on {dev} back off", lambda d=dev, v=version: set_switch(d, v, False),
