@@ -172,3 +172,10 @@ def test_explain_program_dns_is_read_off_the_nft_entries(monkeypatch):
     assert asked == [("192.0.2.53", mark, {"ip_proto": 17, "dport": 53})]
     assert appexplain._dns(Kernel([dns.DnsAppBlock(mark)]), mark, dst)["action"] == "refuse"
     assert appexplain._dns(Kernel(entries), 0x85000000, dst)["action"] == "none"
+
+
+def test_a_run_scope_is_named_after_its_tunnel_and_pid():
+    t = config.Tunnel("a", "tun0", 100, 1000)
+    assert cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-4242.scope", t)
+    assert not cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-b-4242.scope", t)  # tunnel a-b's
+    assert not cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-4242.service", t)
