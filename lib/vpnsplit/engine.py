@@ -151,7 +151,7 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         owners = {t.app_slot: t for t in [*tunnels, *(t for t, _ in targets)] if t.app_slot is not None}
         slots = owned.app_slots(left) - owned.app_slots(desired | claimed) - set(owners)
         # a slot another tunnel took over: its programs stay only where that tunnel's would be (a fresh apply)
-        moved = {s: owners[s] for name, gone_ in lefts.items() for s in owned.app_slots(gone_) if s in owners and owners[s].name != name}
+        moved = {s: owners[s] for name, was in lefts.items() for s in owned.app_slots(was) if s in owners and owners[s].name != name}
     # the bridges after the rules that make their subnets fail closed, before forwarding is switched on
     bridges = bridge.steps(kernel.nl, statedir, [t for t, _ in targets], tunnels, gone)
     steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired, retired) + bridges + bookkeeping
