@@ -1,5 +1,5 @@
 """Issue 16 in the lab: a program under `vpnsplit run` through a real OpenVPN or wg-quick tunnel (wireguard-go),
-unbound sockets, IPv4 and IPv6; the same program outside it; fail closed once the tunnel is down.
+unbound sockets and ones bound to the uplink's address, IPv4 and IPv6; the same program outside it; fail closed once the tunnel is down.
 
 Run one alone:  .venv/bin/python -m pytest tests/test_lab_apps.py -v
 """
@@ -49,6 +49,10 @@ def test_program_in_the_tunnel_and_fail_closed(lab, app_cgroup, vpn):  # noqa: F
         for proto in ("tcp", "udp"):
             assert ask(apps, proto, unbound, target)[-1] == tunnel_addr, lab.diagnostics()
             assert ask(apps, proto, unbound, target, child=True)[-1] == tunnel_addr
+    # bound to the uplink's address while up: SNAT-ed to the tunnel address (the real peer drops any other source)
+    for bound, target, tunnel_addr in ((HOST_ADDR, TARGET, addr4), (HOST_ADDR6, TARGET6, addr6)):
+        for proto in ("tcp", "udp"):
+            assert ask(apps, proto, bound, target)[-1] == tunnel_addr, (proto, bound, lab.diagnostics())
     assert isp["any"] == 0
     # the same program outside the tunnel: the uplink address, by the isp
     for unbound, target, uplink in (("0.0.0.0", TARGET, HOST_ADDR), ("::", TARGET6, HOST_ADDR6)):

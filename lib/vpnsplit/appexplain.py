@@ -3,7 +3,9 @@
 The program's cgroup (/proc/PID/cgroup, or the unit's) and the mark programs attached on its way
 up to the root say which mark its new sockets get (with several, the outermost one's runs last and
 wins); the kernel's own route lookup with that mark (`ip route get DST mark M`) says the table,
-device and the source address an unbound socket would get.
+device and the source address an unbound socket would get. Its DNS (UDP/TCP 53, to DST as its
+resolver) is told apart: vpnsplit's dns_app redirects it to the tunnel's resolver (dns.DnsApp),
+asked again of the kernel with the mark and port 53 (rule P+1), or refuses it while strict and down.
 """
 
 import ipaddress
@@ -11,7 +13,7 @@ import os
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vpnsplit import apps, bpf, cgroups, explain
+from vpnsplit import apps, bpf, cgroups, dns, explain
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import AF
 
@@ -59,15 +61,36 @@ def explain_program(kernel, tunnels, top, cgroup, dst=None):
     by_slot = {t.app_slot: t for t in tunnels.values() if t.app_slot is not None}
     tunnel = by_slot.get(apps.slot_of(mark)) if mark else None
     out = {"cgroup": cgroup, "mark": mark, "marked_by": where, "tunnel": tunnel.name if tunnel else None, "dst": str(dst)}
+    out.update(_route(kernel, dst, mark))
+    out["dns"] = _dns(kernel, mark, dst)
+    return out
+
+
+def _route(kernel, dst, mark, **selectors):
+    """The kernel's answer for a packet of a socket with *mark* to *dst*: verdict, table, device, source."""
     spec = {"dst": str(dst), "family": AF[dst.version], "flags": explain.RTM_F_LOOKUP_TABLE, **({"mark": mark} if mark else {})}
     try:
-        [route] = kernel.nl.ipr.route("get", **spec)
+        [route] = kernel.nl.ipr.route("get", **spec, **selectors)
         oif = route.get_attr("RTA_OIF")
-        out.update(verdict="unicast", table=route.get_attr("RTA_TABLE"), device=kernel.nl.link_name(oif) if oif else None,
-                   source=route.get_attr("RTA_PREFSRC"))
+        return {"verdict": "unicast", "table": route.get_attr("RTA_TABLE"), "device": kernel.nl.link_name(oif) if oif else None,
+                "source": route.get_attr("RTA_PREFSRC")}
     except NetlinkError as e:
-        out.update(verdict=explain.REFUSED.get(e.code, f"error {e.code}"), table=None, device=None, source=None)
-    return out
+        return {"verdict": explain.REFUSED.get(e.code, f"error {e.code}"), "table": None, "device": None, "source": None}
+
+
+def _dns(kernel, mark, dst):
+    """Where the program's DNS query to *dst* (UDP 53) goes: {"action": "redirect"|"refuse"|"none", "to", ...};
+    a redirected one with the kernel's route to the resolver (verdict, table, device, source)."""
+    for e in kernel.nat_view()[1] if mark else ():
+        if isinstance(e, dns.DnsAppBlock) and e.mark == mark:
+            return {"action": "refuse", "to": None, "text": "refused at once (strict: the tunnel is down), whatever resolver it asks"}
+        if isinstance(e, dns.DnsApp) and e.mark == mark and e.family == dst.version:
+            route = _route(kernel, ipaddress.ip_address(e.to), mark, ip_proto=17, dport=dns.DNS_PORT)
+            hop = (f"table {route['table']}, dev {route['device']}, source {route['source']}" if route["verdict"] == "unicast"
+                   else route["verdict"])
+            return {"action": "redirect", "to": e.to, **route,
+                    "text": f"redirected to {e.to} (the tunnel's resolver), whatever resolver it asks: {hop}"}
+    return {"action": "none", "to": None, "text": "not redirected by vpnsplit: it goes where the route to its resolver goes"}
 
 
 def describe(r, who):
@@ -79,6 +102,7 @@ def describe(r, who):
         lines.append(f"  to {r['dst']}: table {r['table']}, dev {r['device']}, source {r['source']} (an unbound socket's)")
     else:
         lines.append(f"  to {r['dst']}: {r['verdict']}" + (" (strict: the tunnel is down; nothing leaves)" if r["tunnel"] else ""))
+    lines.append(f"  dns to {r['dst']} (port 53): {r['dns']['text']}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@
     P+2: from all to <lan> fwmark 0x83000000/0x8f000000 lookup main      # `lan` destinations stay direct
     P+3: from all fwmark 0x83000000/0x8f000000 lookup <tunnel table>    # everything else: the tunnel
     (with strict, appsnat.py's chain: marked packets leave only through their tunnel or to their `lan`)
+    AppSnat: marked packets leaving by their tunnel are SNAT-ed to the tunnel address (a socket bound
+    to another address of the host: the uplink's, the LAN's), their replies get the mark back
 
 The mark is the socket's (bpf.py sets sk_mark when a process of the app's cgroup creates it), so
 the route lookup that picks the source address already sees it: an unbound socket gets the tunnel
@@ -63,6 +65,19 @@ class AppConfine(NamedTuple):
         return f"apps: mark {self.mark:#x} leaves only through {self.device}"
 
 
+class AppSnat(NamedTuple):
+    """While up: packets carrying MARK that leave through DEVICE, their tunnel, get source TO, the tunnel address
+    (those of a socket bound to another address of the host; an unbound one's have it already)."""
+
+    family: int
+    mark: int
+    device: str
+    to: str
+
+    def __str__(self):
+        return f"apps: mark {self.mark:#x} leaving by {self.device} gets source {self.to}"
+
+
 class AppReach(NamedTuple):
     """Packets carrying MARK (of DEVICE's tunnel) may reach DST, a `lan` exception, on any device."""
 
@@ -81,6 +96,13 @@ def confine(tunnel):
         return set()
     value = mark(tunnel.app_slot)
     return {AppConfine(value, tunnel.device)} | {AppReach(n.version, value, _text(n), tunnel.device) for n in tunnel.lan}
+
+
+def snat(tunnel, locals_):
+    """The AppSnat entries of *tunnel* while up with the tunnel addresses *locals_*."""
+    if tunnel.app_slot is None:
+        return set()
+    return {AppSnat(a.version, mark(tunnel.app_slot), tunnel.device, str(a)) for a in locals_}
 
 
 def _text(net):

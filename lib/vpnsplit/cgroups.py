@@ -161,26 +161,38 @@ def cover(tunnel):
     return done
 
 
-def retire(slots):
+def retire(slots, moved=None):
     """Detach the mark programs of *slots* (app slots no tunnel uses any more) from every cgroup below
-    cgroup2's root, so their programs' sockets no longer carry the mark. Never fails: no cgroup2 or a
-    refused detach is a log line. Returns [(cgroup, slot)] detached."""
-    if not slots:
+    cgroup2's root, so their programs' sockets no longer carry the mark; and those of the slots in *moved*
+    (slot -> the tunnel that took it over from another) from every cgroup but that tunnel's own (its
+    `cgroups`, `units` and `vpnsplit run` ones), as a fresh apply would have them. Never fails: no cgroup2 or
+    a refused detach is a log line. Returns [(cgroup, slot)] detached."""
+    moved = moved or {}
+    if not slots and not moved:
         return []
     try:
         top = root()
+        keep = {slot: {path for _, path in configured(tunnel, top) if path} for slot, tunnel in moved.items()}
     except (InputError, OSError) as e:
-        log.warning("per-app slot(s) %s: the socket-mark programs not detached: %s", ", ".join(map(str, sorted(slots))), e)
+        log.warning("per-app slot(s) %s: the socket-mark programs not detached: %s", ", ".join(map(str, sorted({*slots, *moved}))), e)
         return []
     done = []
     try:
         for where, _, _ in os.walk(top):
-            done += [(where, slot) for slot in bpf.detach(where, slots)]
+            drop = set(slots) | {s for s, t in moved.items() if where not in keep[s] and not _run_scope(where, t)}
+            done += [(where, slot) for slot in bpf.detach(where, drop)] if drop else []
     except KernelError as e:  # the same for every cgroup (no CAP_SYS_ADMIN, say): said once
         log.warning("%s; 'vpnsplit up' as root detaches them", e)
     for where, slot in done:
-        log.info("per-app slot %d is no tunnel's any more: its socket-mark program detached from %s", slot, where)
+        owner = f"tunnel {moved[slot].name}'s now" if slot in moved else "no tunnel's any more"
+        log.info("per-app slot %d is %s: its socket-mark program detached from %s", slot, owner, where)
     return done
+
+
+def _run_scope(path, tunnel):
+    """Whether *path* is a `vpnsplit run` scope of *tunnel* (scope_argv's unit name)."""
+    name, prefix = os.path.basename(path), f"vpnsplit-{tunnel.name}-"
+    return name.startswith(prefix) and name.endswith(".scope") and name[len(prefix):-len(".scope")].isdigit()
 
 
 def attach_own(tunnel):

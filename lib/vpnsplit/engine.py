@@ -139,15 +139,19 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         bookkeeping += _record_steps(statedir, record, None, {}, plan.State())
     # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
     mine = [t.name for t, _ in targets] + list(gone)
-    left = owned.union(owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine)
-    retired, slots = [], set()
+    lefts = {name: owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine}
+    left = owned.union(lefts.values())
+    retired, slots, moved = [], set(), {}
     if left.objects():  # the other records are read only then: a run with nothing left over reads none
         claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
         left = owned.leftovers(left, plan.State(), claimed)
         current |= kernel.present(left)
         retired = sockets.retired(left, desired, _kept(statedir, mine, tunnels or [t for t, _ in targets], targets))
         # an app slot whose rules go and that no tunnel uses any more: its programs are detached after the run
-        slots = owned.app_slots(left) - owned.app_slots(desired | claimed) - {t.app_slot for t in [*tunnels, *(t for t, _ in targets)]}
+        owners = {t.app_slot: t for t in [*tunnels, *(t for t, _ in targets)] if t.app_slot is not None}
+        slots = owned.app_slots(left) - owned.app_slots(desired | claimed) - set(owners)
+        # a slot another tunnel took over: its programs stay only where that tunnel's would be (a fresh apply)
+        moved = {s: owners[s] for name, was in lefts.items() for s in owned.app_slots(was) if s in owners and owners[s].name != name}
     # the bridges after the rules that make their subnets fail closed, before forwarding is switched on
     bridges = bridge.steps(kernel.nl, statedir, [t for t, _ in targets], tunnels, gone)
     steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired, retired) + bridges + bookkeeping
@@ -155,10 +159,10 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         changes = transaction.run(steps)
     finally:
         kernel.invalidate()
-    if slots or any(t.cgroups or t.units for t, _ in targets):  # after the rules: a marked program never finds none
+    if slots or moved or any(t.cgroups or t.units for t, _ in targets):  # after the rules: a marked program never finds none
         from vpnsplit import cgroups
 
-        cgroups.retire(slots)  # a retired slot's programs: their sockets lose the mark once nothing steers it
+        cgroups.retire(slots, moved)  # a retired slot's programs: their sockets lose the mark once nothing steers it
         for tunnel, _ in targets:
             cgroups.cover(tunnel)
     if changes:  # a rule that shadows ours: said where it changes, reported by check whenever

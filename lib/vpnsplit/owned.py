@@ -25,7 +25,8 @@ from vpnsplit.plan import Address, Dnat, Guard, Route, Rule, Snat, State
 
 # the kinds of object a tunnel owns, by the name its record gives them
 KINDS = {cls.__name__: cls for cls in (Rule, Route, Address, Snat, Dnat, Guard, backstop.Confine, backstop.Reach,
-                                       dns.DnsSource, dns.DnsBlock, dns.DnsApp, dns.DnsAppBlock, apps.AppConfine, apps.AppReach)}
+                                       dns.DnsSource, dns.DnsBlock, dns.DnsApp, dns.DnsAppBlock, apps.AppConfine, apps.AppReach,
+                                       apps.AppSnat)}
 PARTS = State._fields  # rules, routes, addresses, nft
 # fields that hold neither an address nor a device name
 _WORDS = {"type": ("unicast", "unreachable"), "proto": ("", "tcp", "udp")}

@@ -193,7 +193,7 @@ def plan_up(tunnel, lease):
             nft.add(Snat(fam, str(alias), tunnel.device, str(local.ip)))
             nft.update(Dnat(fam, str(local.ip), tunnel.device, proto, port, str(alias)) for proto, port in tunnel.forward)
         nft.update(Snat(fam, str(net), tunnel.device, str(local.ip)) for net in tunnel.sources if net.version == fam)
-    nft.update(backstop.confine(tunnel, [a.ip for a in lease.locals]))
+    nft.update(backstop.confine(tunnel, [a.ip for a in lease.locals]) | apps.snat(tunnel, [a.ip for a in lease.locals]))
     families = [a.version for a in lease.locals]
     down = plan_down(tunnel, families=families)
     # the sources' DNS: redirected while up, refused only while down

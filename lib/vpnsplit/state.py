@@ -25,8 +25,8 @@ from vpnsplit.lock import Lock
 DEFAULT_DIR = "/run/vpnsplit"
 DEFAULT_LOCK_TIMEOUT = 30.0
 # the fields of NAME.json listing the devices whose forwarding the tunnel switched on, by IP version, and
-# ("mark") whose src_valid_mark it switched on as the default VPN (sysctl.SWITCH)
-FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6", "mark": "src_valid_mark"}
+# ("mark") whose src_valid_mark, ("localnet") whose route_localnet it switched on (sysctl.SWITCH)
+FORWARDING_FIELDS = {4: "forwarding", 6: "forwarding6", "mark": "src_valid_mark", "localnet": "route_localnet"}
 NO_DEVICES = {v: frozenset() for v in FORWARDING_FIELDS}
 
 

@@ -23,10 +23,13 @@ log = logging.getLogger("vpnsplit")
 PROC = "/proc/sys/net"
 # the per-device switches vpnsplit turns on, and what a step calls them: forwarding for forwarded sources, by
 # IP version, and "mark": IPv4 src_valid_mark on the default VPN's tunnel, so that the reverse-path check of
-# its redirected DNS replies uses their mark (dnsnat.py)
-SWITCH = {4: "forwarding", 6: "force_forwarding", "mark": "src_valid_mark"}
+# its redirected DNS replies uses their mark (dnsnat.py), and on a per-app tunnel for its programs' replies (appsnat.py);
+# "localnet": IPv4 route_localnet on a per-app tunnel, so that a program's DNS to a stub on 127.0.0.0/8, redirected to
+# the tunnel's resolver (dns.DnsApp), may leave by it with its loopback source until SNAT (appsnat.py)
+SWITCH = {4: "forwarding", 6: "force_forwarding", "mark": "src_valid_mark", "localnet": "route_localnet"}
 SWITCH_NAME = {4: "IPv4 forwarding", 6: "IPv6 forwarding (force_forwarding)",
-               "mark": "src_valid_mark (the reverse-path check of the default VPN's DNS replies)"}
+               "mark": "src_valid_mark (the reverse-path check of marked replies: the default VPN's DNS, per-app programs')",
+               "localnet": "route_localnet (per-app programs' DNS to a stub on 127.0.0.0/8, redirected into the tunnel)"}
 
 
 def _path(version, device, key):
@@ -101,9 +104,12 @@ def _needed(kernel, tunnel, lease, version, is_default):
     """The devices that must forward IP *version* for *tunnel*'s sources with *lease* (none
     while down): where they arrive and the tunnel. IPv6: none if all.forwarding already
     forwards everywhere, or if the kernel has no per-device switch (then it warns).
-    "mark": the tunnel itself while it is the default VPN and up (its DNS replies carry DNS_MARK)."""
+    "mark": the tunnel itself while up and the default VPN (its DNS replies carry DNS_MARK) or per-app
+    (the replies to its programs carry their mark)."""
     if version == "mark":
-        return {tunnel.device} if is_default and lease is not None else set()
+        return {tunnel.device} if (is_default or tunnel.app_slot is not None) and lease is not None else set()
+    if version == "localnet":
+        return {tunnel.device} if tunnel.app_slot is not None and lease is not None and lease.local4 else set()
     local = lease and (lease.local4 if version == 4 else lease.local6)
     if local is None or not any(n.version == version for n in tunnel.sources):
         return set()
@@ -132,7 +138,7 @@ def switch_steps(kernel, switched_before, tunnel, lease, is_default=False, claim
     in between leaves a record that claims too much, never too little: the next run finds a
     claimed device off and switches it on, or finds it off already."""
     offs, ons, switched = [], [], {v: set() for v in SWITCH}
-    if not tunnel.sources and not is_default and not any(switched_before.values()):
+    if not tunnel.sources and not is_default and tunnel.app_slot is None and not any(switched_before.values()):
         return offs, ons, switched  # the common case (no source subnets): not even /proc is read
     claimed = claimed()
     for version in SWITCH:
@@ -146,7 +152,7 @@ def switch_steps(kernel, switched_before, tunnel, lease, is_default=False, claim
                 ons.append(Step(f"enable {what} on {dev}", lambda d=dev, v=version: set_switch(d, v, True),
                                 lambda d=dev, v=version: set_switch(d, v, False)))
                 switched[version].add(dev)
-        if version != "mark" and host_wide(version):
+        if version in (4, 6) and host_wide(version):
             continue
         for dev in sorted(was - need - others):
             offs.append(Step(f"switch {what} on {dev} back off", lambda d=dev, v=version: set_switch(d, v, False),

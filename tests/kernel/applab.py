@@ -111,10 +111,14 @@ class Apps:
         return subprocess.Popen(self.argv([str(c) for c in cmd], tunnel), stdout=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: self._enter(below), **popen)
 
-    def listen(self, addr, port):
-        proc = self.spawn([sys.executable, "-c", LISTEN, addr, port], tunnel="vpn")
-        assert proc.stdout.readline().strip() == "ready", "listener did not start"
+    def start(self, *cmd, tunnel="vpn"):
+        """*cmd* under `vpnsplit run TUNNEL`, running on (stdin and stdout pipes), once it printed "ready"."""
+        proc = self.spawn(cmd, tunnel, stdin=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == "ready", f"{cmd[:3]} did not start"
         return proc
+
+    def listen(self, addr, port):
+        return self.start(sys.executable, "-c", LISTEN, addr, port)
 
 
 def remove_cgroup(path):

@@ -4,13 +4,14 @@ address of its own, so an answer tells who gave it, and logging every query with
 
     tunnel's  192.0.2.53, 2001:db8:2::53    on far (lo), behind the tunnel: the `dns` key
     LAN's     198.51.100.1, 2001:db8:51::1  on isp (eth0), a `lan` exception: the host's resolver
-    stub      127.0.0.53, ::1 (port 53)     on the host (lo): a local stub, which would ask the LAN in the clear
+    stub      127.0.0.53, ::1 (port 53)     on the host (lo): a local stub (systemd-resolved's), which would ask the LAN in the clear
 
 A counter on isp counts every DNS packet that reaches it.
 """
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -29,6 +30,7 @@ RESOLVERS = {  # role: (IPv4, IPv6, answer)
 
 class Dnsmasq:
     def __init__(self, where, role, tmp_path):
+        self.where = where
         self.log = tmp_path / f"dnsmasq-{role}.log"
         v4, v6, answer = RESOLVERS[role]
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
@@ -86,9 +88,13 @@ def test_a_programs_dns_goes_to_the_tunnels_resolver_and_never_out_by_the_uplink
         # the host's LAN resolver, asked by the program: the tunnel's answers, asked from the tunnel address
         assert lookup(apps, fam, lan, tcp) == "192.0.2.201", tcp
         assert servers["tunnel"].queries()[-1] == fam.tunnel
-    # a stub on this host is never asked: the query is redirected with its loopback source, which the kernel
-    # routes nowhere but lo (no answer, nothing leaves)
-    assert "timed out" in lookup(apps, fam, stub)
+    # a stub on this host (systemd-resolved's 127.0.0.53) is not asked either: the tunnel's resolver answers, asked
+    # from the tunnel address (appsnat: route_localnet lets the redirected query out, SNAT rewrites its loopback source).
+    # IPv6 has no route_localnet: a query to ::1 redirected off the host gets no answer (nothing leaves)
+    if fam.fam == 4:
+        assert lookup(apps, fam, stub) == "192.0.2.201" and servers["tunnel"].queries()[-1] == fam.tunnel
+    else:
+        assert "timed out" in lookup(apps, fam, stub)
     assert (len(servers["lan"].queries()), at_isp(isp), servers["stub"].queries()) == (asked, before, [])
     # tunnel down (strict): refused or unreachable at once (not a timeout), wherever it asks; nothing leaves,
     # the stub hears nothing
@@ -100,3 +106,69 @@ def test_a_programs_dns_goes_to_the_tunnels_resolver_and_never_out_by_the_uplink
             assert got.startswith("failed") and ("unreachable" in got or "refused" in got), (server, tcp, got)
     assert (len(servers["lan"].queries()), at_isp(isp), servers["stub"].queries()) == (asked, before, [])
     assert len(servers["tunnel"].queries()) == answered
+
+
+def test_explain_pid_says_where_the_programs_dns_goes_as_the_kernel_does(dns_world, fam):
+    """`explain --pid PID DST`'s dns part: the redirect to the tunnel's resolver, with the kernel's route for it (port 53,
+    the program's mark); what the program's own lookup then does agrees: answered by that resolver, from that source."""
+    ns, isp, apps, servers = dns_world
+    lan, resolver = RESOLVERS["lan"][fam.fam == 6], RESOLVERS["tunnel"][fam.fam == 6]
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    sleeper = apps.start(sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)")
+    try:
+        explained = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan, "--json")
+        dns = json.loads(explained.stdout)["dns"]
+        assert (dns["action"], dns["to"], dns["device"], dns["source"]) == ("redirect", resolver, "vpn0", fam.tunnel), explained.stderr
+        text = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan).stdout
+        assert f"  dns to {lan} (port 53): redirected to {resolver} (the tunnel's resolver), whatever resolver it asks: " \
+               f"table 10003, dev vpn0, source {fam.tunnel}" in text, text
+        assert lookup(apps, fam, lan) == "192.0.2.201" and servers["tunnel"].queries()[-1] == dns["source"]
+        assert ns.vpnsplit("down", "vpn").returncode == 0
+        text = apps.vpnsplit("explain", "--pid", str(sleeper.pid), lan).stdout
+        assert f"  dns to {lan} (port 53): refused at once (strict: the tunnel is down)" in text, text
+        got = lookup(apps, fam, lan)
+        assert got.startswith("failed") and ("refused" in got or "unreachable" in got), got
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# far: a DNS query for NAME to 127.0.0.53 as a raw Ethernet frame onto the tunnel's link (far's own stack would keep
+# anything for 127.0.0.0/8 on its lo): what a hostile tunnel peer could send
+INJECT = """
+import socket, struct, sys
+dev, dst_mac, name = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3]
+qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+dns = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+udp = struct.pack("!HHHH", 40053, 53, 8 + len(dns), 0) + dns
+hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton("10.8.0.1"), socket.inet_aton("127.0.0.53"))
+total = sum(struct.unpack("!10H", hdr))
+while total >> 16: total = (total & 0xffff) + (total >> 16)
+hdr = hdr[:10] + struct.pack("!H", ~total & 0xffff) + hdr[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((dev, 0))
+src_mac = open(f"/sys/class/net/{dev}/address").read().strip()
+for _ in range(3):
+    s.send(dst_mac + bytes.fromhex(src_mac.replace(":", "")) + b"\\x08\\x00" + hdr + udp)
+"""
+
+
+def test_the_tunnel_peer_never_reaches_the_hosts_loopback(dns_world, fam):
+    """route_localnet on the per-app tunnel (for a program's stub query, above) would let packets from the tunnel for
+    127.0.0.0/8 in: app_replies drops them before any de-NAT. Control: without that chain the stub hears the peer."""
+    if fam.fam == 6:
+        pytest.skip("IPv6 has no route_localnet: ::1 from the wire is dropped by the kernel itself")
+    ns, isp, apps, servers = dns_world
+    far = servers["tunnel"].where
+    assert ns.vpnsplit("up", "vpn").returncode == 0
+    assert ns.exec("cat", "/proc/sys/net/ipv4/conf/vpn0/route_localnet").stdout.strip() == "1"
+    mac = json.loads(ns.ip("-j", "link", "show", "vpn0"))[0]["address"]
+    far.exec(sys.executable, "-c", INJECT, "eth0", mac, NAME, check=True)
+    time.sleep(0.5)
+    assert servers["stub"].queries() == []
+    ns.exec("nft", "flush", "chain", "inet", "vpnsplit", "app_replies", check=True)
+    far.exec(sys.executable, "-c", INJECT, "eth0", mac, NAME, check=True)
+    deadline = time.monotonic() + 3
+    while not servers["stub"].queries() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert servers["stub"].queries()[:1] == ["10.8.0.1"]

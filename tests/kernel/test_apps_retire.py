@@ -50,15 +50,19 @@ def test_app_slot_taken_out_detaches_its_programs_as_a_fresh_apply(app_world):
     assert apps.vpnsplit("up", "vpn").returncode == 0 and snapshot(ns) == fresh  # idempotent
 
 
-def test_a_removed_section_detaches_its_programs_once_no_section_takes_the_slot(app_world):
+def test_a_slot_another_section_takes_over_keeps_programs_only_where_a_fresh_apply_has_them(app_world):
     ns, far, isp, apps = app_world
     program_runs(ns, apps)
-    # the section goes, another takes the slot: the programs now steer into that one's table, and stay
-    ns.write_config(OTHER + "app_slot = 3\n")
+    os.makedirs(os.path.join(apps.cgroup, "svc/b"))
+    # the section goes, another takes the slot: only that one's cgroups keep the program, as a fresh apply of the
+    # new config has it (svc/a and `vpnsplit run vpn`'s were vpn's: their new sockets now go as the host's)
+    ns.write_config(OTHER + 'app_slot = 3\ncgroups = ["svc/b"]\n')
     assert apps.vpnsplit("up", "other").returncode == 0
     down = apps.vpnsplit("down", "vpn")  # the section is gone: torn down from its record
     assert down.returncode == 0, down.stderr
-    assert attached(apps) == ["svc/a", "vpnsplit/vpn"] and not state_files(ns).get("vpn.json")
+    assert attached(apps) == ["svc/b"] and not state_files(ns).get("vpn.json"), down.stderr
+    assert "per-app slot 3 is tunnel other's now: its socket-mark program detached from" in down.stderr, down.stderr
+    assert apps.send("udp", "192.0.2.80", 5502, tunnel=None, below="svc/a")[::2] == ("sent", 0)
     # no section takes it any more: detached
     ns.write_config(OTHER)
     assert apps.vpnsplit("up", "other").returncode == 0

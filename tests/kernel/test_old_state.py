@@ -65,8 +65,8 @@ def test_records_of_0_1_converge_and_check_clean(ns):
         for name in ("provider", "work"):
             was, now = json.loads(old[f"{name}.json"]), json.loads(new[f"{name}.json"])
             assert now["lease"] == {**was["lease"], "dns": []} and now["applied"]["rules"], now
-            assert now["src_valid_mark"] == (["tun0"] if name == "provider" else []), now
-            assert {k: v for k, v in now.items() if k not in ("src_valid_mark", "lease", "when", "applied")} == {
+            assert now["src_valid_mark"] == (["tun0"] if name == "provider" else []) and now["route_localnet"] == [], now
+            assert {k: v for k, v in now.items() if k not in ("src_valid_mark", "route_localnet", "lease", "when", "applied")} == {
                 k: v for k, v in was.items() if k not in ("lease", "when")}
         ok(ns.vpnsplit("up", "--all"))
         assert records(ns.state_dir) == new  # in place: not rewritten again

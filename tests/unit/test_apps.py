@@ -2,12 +2,13 @@
 rules and nft entries, the config keys, where cgroup2 is found."""
 
 import copy
+import ipaddress
 import struct
 
 import pytest
 
 from tests.unit.test_plan import lease, tunnel
-from vpnsplit import apps, bpf, cgroups, config, dns, nftkinds, plan
+from vpnsplit import appexplain, apps, bpf, cgroups, config, dns, nftkinds, plan
 from vpnsplit.errors import InputError
 
 EVERY = {4: "0.0.0.0/0", 6: "::/0"}
@@ -134,3 +135,47 @@ def test_the_apps_chain_as_nftables_1_1_lists_it_is_intact():
     other = copy.deepcopy(wanted)
     other[2][0]["match"]["left"]["concat"][0]["&"][1] = 0x0F000000
     assert not nat._same(other, wanted) and not nat._same(wanted[:-1], wanted)
+
+
+def _program(**dns):
+    return {"cgroup": "/vpnsplit/vpn", "mark": 0x83000000, "marked_by": "/vpnsplit/vpn", "tunnel": "vpn", "dst": "198.51.100.1",
+            "verdict": "unicast", "table": 10003, "device": "vpn0", "source": "10.8.0.2", "dns": dns}
+
+
+def test_explain_program_shows_its_dns_redirect():
+    text = appexplain.describe(_program(action="redirect", to="192.0.2.53", text="redirected to 192.0.2.53 (the tunnel's "
+                                        "resolver), whatever resolver it asks: table 10003, dev vpn0, source 10.8.0.2"), "pid 7")
+    assert text.splitlines()[-1] == ("  dns to 198.51.100.1 (port 53): redirected to 192.0.2.53 (the tunnel's resolver), "
+                                     "whatever resolver it asks: table 10003, dev vpn0, source 10.8.0.2")
+    down = appexplain.describe({**_program(action="refuse", to=None, text="refused at once (strict: the tunnel is down), "
+                                           "whatever resolver it asks"), "verdict": "unreachable"}, "pid 7")
+    assert down.splitlines()[1:] == ["  to 198.51.100.1: unreachable (strict: the tunnel is down; nothing leaves)",
+                                     "  dns to 198.51.100.1 (port 53): refused at once (strict: the tunnel is down), whatever resolver it asks"]
+
+
+def test_explain_program_dns_is_read_off_the_nft_entries(monkeypatch):
+    """appexplain._dns: the DnsApp of the program's mark and DST's family, with the kernel's route to that resolver."""
+    class Kernel:
+        def __init__(self, entries):
+            self.entries = entries
+
+        def nat_view(self):
+            return True, frozenset(self.entries)
+
+    asked = []
+    monkeypatch.setattr(appexplain, "_route", lambda kernel, dst, mark, **sel: asked.append((str(dst), mark, sel)) or {
+        "verdict": "unicast", "table": 10003, "device": "vpn0", "source": "10.8.0.2"})
+    mark, dst = 0x83000000, ipaddress.ip_address("198.51.100.1")
+    entries = [dns.DnsApp(4, mark, "192.0.2.53"), dns.DnsApp(6, mark, "2001:db8:2::53"), dns.DnsApp(4, 0x84000000, "192.0.2.54")]
+    got = appexplain._dns(Kernel(entries), mark, dst)
+    assert (got["action"], got["to"], got["source"]) == ("redirect", "192.0.2.53", "10.8.0.2")
+    assert asked == [("192.0.2.53", mark, {"ip_proto": 17, "dport": 53})]
+    assert appexplain._dns(Kernel([dns.DnsAppBlock(mark)]), mark, dst)["action"] == "refuse"
+    assert appexplain._dns(Kernel(entries), 0x85000000, dst)["action"] == "none"
+
+
+def test_a_run_scope_is_named_after_its_tunnel_and_pid():
+    t = config.Tunnel("a", "tun0", 100, 1000)
+    assert cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-4242.scope", t)
+    assert not cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-b-4242.scope", t)  # tunnel a-b's
+    assert not cgroups._run_scope("/sys/fs/cgroup/system.slice/vpnsplit-a-4242.service", t)

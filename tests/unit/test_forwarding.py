@@ -64,7 +64,7 @@ def test_per_device_switch_on_where_off_and_back_exactly_there(proc, kernel):
     (root / "ipv6/conf/tun0/force_forwarding").write_text("1\n")  # the admin's
     names, switched = run(kernel, NONE, LEASE)
     assert names == ["enable IPv4 forwarding on ctr0", "enable IPv4 forwarding on tun0", "enable IPv6 forwarding (force_forwarding) on ctr0"]
-    assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0"}, "mark": set()}
+    assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0"}, "mark": set(), "localnet": set()}
     assert read(root, 6, "ctr0", "force_forwarding") == "1"
     assert all(read(root, 6, dev, "forwarding") == "0" for dev in DEVICES)  # RA acceptance untouched
     names, switched = run(kernel, {4: {"ctr0", "tun0"}, 6: {"ctr0"}}, None)
@@ -84,7 +84,7 @@ def test_kernel_without_force_forwarding_warns_and_switches_only_ipv4(proc, capl
     root = proc(force_forwarding=False)
     with caplog.at_level(logging.WARNING, "vpnsplit"):
         names, switched = run(kernel, NONE, LEASE)
-    assert switched == {4: {"ctr0", "tun0"}, 6: set(), "mark": set()} and not any("IPv6" in n for n in names)
+    assert switched == {4: {"ctr0", "tun0"}, 6: set(), "mark": set(), "localnet": set()} and not any("IPv6" in n for n in names)
     assert "IPv6 sources are not forwarded: set net.ipv6.conf.all.forwarding = 1" in caplog.text
     assert not sysctl.per_device6() and sysctl.forwarding("ctr0", 6) is False
     assert not (root / "ipv6/conf/ctr0/force_forwarding").exists()
@@ -98,20 +98,20 @@ def test_record_without_forwarding6_loads_and_switches_nothing_back(proc, tmp_pa
     (d / "p.json").write_text(json.dumps({"tunnel": "p", "lease": LEASE.to_json(), "forwarding": ["ctr0"], "when": "2026-01-01T00:00:00+00:00"}))
     statedir = state.StateDir(str(d))
     record = statedir.record("p")
-    assert record.lease == LEASE and record.forwarding == {4: {"ctr0"}, 6: set(), "mark": set()}
+    assert record.lease == LEASE and record.forwarding == {4: {"ctr0"}, 6: set(), "mark": set(), "localnet": set()}
     names, _ = run(kernel, record.forwarding, None)
     assert names == ["switch IPv4 forwarding on ctr0 back off"]
     statedir.write("p", LEASE, {4: {"ctr0"}, 6: {"tun0", "ctr0"}})
     doc = json.loads((d / "p.json").read_text())
     assert (doc["forwarding"], doc["forwarding6"]) == (["ctr0"], ["ctr0", "tun0"])
-    assert statedir.record("p").forwarding == {4: {"ctr0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+    assert statedir.record("p").forwarding == {4: {"ctr0"}, 6: {"ctr0", "tun0"}, "mark": set(), "localnet": set()}
 
 
 def test_down_switches_nothing_off_while_the_host_wide_switch_is_on(proc, kernel):
     """ip_forward=1 rewrites every device's value: 'switched on after us' cannot be told per device."""
     root = proc()
     names, switched = run(kernel, NONE, LEASE)
-    assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+    assert switched == {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set(), "localnet": set()}
     (root / "ipv4/conf/all/forwarding").write_text("1\n")
     names, _ = run(kernel, switched, None)
     assert names == ["switch IPv6 forwarding (force_forwarding) on ctr0 back off", "switch IPv6 forwarding (force_forwarding) on tun0 back off"]
@@ -124,7 +124,7 @@ def test_down_keeps_a_device_another_tunnel_claims(proc, tmp_path, kernel):
     d.mkdir()
     statedir = state.StateDir(str(d))
     statedir.write("q", LEASE, {4: {"ctr0"}, 6: set()})  # another tunnel with sources on ctr0
-    both = {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set()}
+    both = {4: {"ctr0", "tun0"}, 6: {"ctr0", "tun0"}, "mark": set(), "localnet": set()}
     assert run(kernel, NONE, LEASE, statedir)[1] == both
     names, _ = run(kernel, both, None, statedir)
     assert names == ["switch IPv4 forwarding on tun0 back off", "switch IPv6 forwarding (force_forwarding) on ctr0 back off",
