@@ -288,6 +288,12 @@ def elements(entry):
     return [(f"direct{entry.family}", _key(entry.dst))]
 
 
+def sealed(family, address):
+    """The elements that confine *address* to no device at all (a retired alias, retire.py): a confined
+    source with no way out of its own, so the confine chain drops its packets (link scope aside)."""
+    return [(f"confine_src{family}", _key(address))]
+
+
 def entries(contents):
     """Confine, Reach and Direct entries from the sets' *contents* (name -> listed elements).
     A Reach names the device its source is confined to; a half-present Confine counts as absent,

@@ -11,10 +11,11 @@ a record holds and the run no longer wants is removed with the rest, and `teardo
 a tunnel from its record alone, its config section gone.
 """
 
+import ipaddress
 import logging
 import socket
 
-from vpnsplit import bridge, default_vpn, owned, plan, refusals, sockets, sysctl, transaction
+from vpnsplit import bridge, default_vpn, owned, plan, refusals, retire, sockets, sysctl, transaction
 from vpnsplit.config import Tunnel
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
@@ -99,7 +100,7 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
     servers = refusals.Servers(statedir, tunnels or [t for t, _ in targets], targets)
     # forwarding switched off before anything else (a forwarded source whose rules go would otherwise reach
     # the main table: the uplink); the records, and forwarding switched on, after the kernel's steps
-    desired, current, first, bookkeeping = plan.State(), plan.State(), [], []
+    desired, current, first, records = plan.State(), plan.State(), [], []
     if default is not None:
         current = kernel.observe_default()
         desired = default_vpn.desired(kernel, default, current)
@@ -125,7 +126,7 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         offs, ons, switched = sysctl.switch_steps(kernel, record.forwarding, tunnel, lease, is_default,
                                                   lambda name=tunnel.name: statedir.claimed_elsewhere(name))
         first += offs
-        bookkeeping += _record_steps(statedir, record, lease, switched, want) + ons
+        records.append((record, tunnel.device, lease, switched, want, ons))
     for name in gone:
         record = statedir.record(name)
         table = carrying_default(kernel, statedir, name)
@@ -136,17 +137,23 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         offs, _, _ = sysctl.switch_steps(kernel, record.forwarding, Tunnel(name, "", 0, 0), None, False,
                                          lambda name=name: statedir.claimed_elsewhere(name))
         first += offs
-        bookkeeping += _record_steps(statedir, record, None, {}, plan.State())
+        records.append((record, owned.device(record), None, {}, plan.State(), []))
     # ownership by record: what the run's records hold, nothing in it wants and no other record claims, goes
     mine = [t.name for t, _ in targets] + list(gone)
     lefts = {name: owned.leftovers(statedir.record(name).applied or plan.State(), desired) for name in mine}
     left = owned.union(lefts.values())
-    retired, slots, moved = [], set(), {}
+    retired, slots, moved, confined = [], set(), {}, {}
     if left.objects():  # the other records are read only then: a run with nothing left over reads none
         claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
         left = owned.leftovers(left, plan.State(), claimed)
         current |= kernel.present(left)
-        retired = sockets.retired(left, desired, _kept(statedir, mine, tunnels or [t for t, _ in targets], targets))
+        configured = tunnels or [t for t, _ in targets]
+        keep = _kept(statedir, mine, configured, targets)
+        retired = sockets.retired(left, desired, keep)
+        # a retired alias that sockets are still bound to stays confined, recorded with its tunnel's objects
+        handled = [(r.name, dev, r.applied or plan.State()) for r, dev, *_ in records]
+        confined = retire.kept(handled, left, retired, keep, [net for t in configured for net in t.sources])
+        desired |= plan.State(nft=frozenset().union(*confined.values()))
         # an app slot whose rules go and that no tunnel uses any more: its programs are detached after the run
         owners = {t.app_slot: t for t in [*tunnels, *(t for t, _ in targets)] if t.app_slot is not None}
         slots = owned.app_slots(left) - owned.app_slots(desired | claimed) - set(owners)
@@ -154,7 +161,13 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         moved = {s: owners[s] for name, was in lefts.items() for s in owned.app_slots(was) if s in owners and owners[s].name != name}
     # the bridges after the rules that make their subnets fail closed, before forwarding is switched on
     bridges = bridge.steps(kernel.nl, statedir, [t for t, _ in targets], tunnels, gone)
-    steps = first + _steps(kernel, plan.diff(desired, current), kernel.nat_view(), desired, retired) + bridges + bookkeeping
+    bookkeeping = []
+    for record, _dev, lease, switched, want, ons in records:
+        kept = plan.State(nft=confined.get(record.name, frozenset()))
+        bookkeeping += _record_steps(statedir, record, lease, switched, want | kept) + ons
+    spared = {ipaddress.ip_address(e.address) for es in confined.values() for e in es}
+    todo = plan.diff(desired, current)
+    steps = first + _steps(kernel, todo, kernel.nat_view(), desired, retired, spared) + bridges + bookkeeping
     try:
         changes = transaction.run(steps)
     finally:
@@ -181,13 +194,14 @@ def _kept(statedir, mine, tunnels, targets):
     return {a for t in tunnels for a in (t.alias, t.alias6) if a} | {a.ip for lease in leases if lease for a in lease.locals}
 
 
-def _steps(kernel, d, nat_view, desired, retired=()):
+def _steps(kernel, d, nat_view, desired, retired=(), spared=()):
     """The steps that turn the observed state into the desired one, in leak-safe order.
 
     Routes (the strict unreachable first) and aliases come before the NAT entry, which
     comes before the rules that steer traffic into the table; removals come last, so a
     restart with a new address never has a moment with neither old nor new rule. The sockets
-    bound to a *retired* alias are closed once it is off its device, before its rules go (sockets.py).
+    bound to a *retired* alias are closed once it is off its device, before its rules go (sockets.py),
+    but the unconnected UDP ones of those *spared*: kept confined (retire.py), their packets dropped by the backstop.
     """
     nl = kernel.nl
     steps = []
@@ -209,7 +223,7 @@ def _steps(kernel, d, nat_view, desired, retired=()):
         steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
     if retired:  # a closed socket cannot be reopened: nothing to undo
         steps.append(Step(f"close the sockets bound to {', '.join(map(str, retired))}",
-                          lambda: sockets.close_bound(retired), lambda: None))
+                          lambda: sockets.close_bound(retired, spared), lambda: None))
     intact, everything = nat_view
     if d.add.nft or d.remove.nft or (desired.nft and not intact):
         undo = []

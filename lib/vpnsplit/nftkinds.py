@@ -212,9 +212,10 @@ class ReplyMarkKind(Kind):
 
 
 # the DNS and backstop kinds build on the classes above, so they are imported only once those exist
-from vpnsplit import appsnat, backstopnat, dnsnat  # noqa: E402
+from vpnsplit import appsnat, backstopnat, dnsnat, retirednat  # noqa: E402
 
-KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind(), *dnsnat.KINDS, *backstopnat.KINDS, *appsnat.KINDS)}
+KINDS = {kind.type: kind for kind in (SnatKind(), DnatKind(), GuardKind(), ReplyMarkKind(), *dnsnat.KINDS,
+                                      *backstopnat.KINDS, *appsnat.KINDS, *retirednat.KINDS)}
 SETS = {name: spec for kind in KINDS.values() for name, spec in kind.sets.items()}
 CHAINS = {name: spec for kind in KINDS.values() for name, spec in kind.chains.items()}
 # every chain of ours: name -> (type, hook, priority)

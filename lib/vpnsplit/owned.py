@@ -19,14 +19,14 @@ or address vpnsplit then writes to.
 import ipaddress
 import json
 
-from vpnsplit import addresses, apps, backstop, dns
+from vpnsplit import addresses, apps, backstop, dns, retire
 from vpnsplit.errors import InputError
 from vpnsplit.plan import Address, Dnat, Guard, Route, Rule, Snat, State
 
 # the kinds of object a tunnel owns, by the name its record gives them
 KINDS = {cls.__name__: cls for cls in (Rule, Route, Address, Snat, Dnat, Guard, backstop.Confine, backstop.Reach,
-                                       dns.DnsSource, dns.DnsBlock, dns.DnsApp, dns.DnsAppBlock, apps.AppConfine, apps.AppReach,
-                                       apps.AppSnat)}
+                                       dns.DnsSource, dns.DnsBlock, dns.DnsApp, dns.DnsAppBlock, apps.AppConfine,
+                                       apps.AppReach, apps.AppSnat, retire.Retired)}
 PARTS = State._fields  # rules, routes, addresses, nft
 # fields that hold neither an address nor a device name
 _WORDS = {"type": ("unicast", "unreachable"), "proto": ("", "tcp", "udp")}
@@ -113,7 +113,8 @@ def device(record):
     if record.lease is not None:
         return record.lease.device
     state = record.applied or State()
-    named = {o.device for o in state.nft if isinstance(o, (Guard, backstop.Confine))} | {r.device for r in state.routes if r.device}
+    named = {o.device for o in state.nft if isinstance(o, (Guard, backstop.Confine, retire.Retired))}
+    named |= {r.device for r in state.routes if r.device}
     return named.pop() if len(named) == 1 else None
 
 

@@ -9,8 +9,12 @@ NAT go, every TCP and UDP socket of either family bound to it is destroyed, as A
 an address goes: TCP is reset (the application gets ECONNABORTED, the peer a RST); UDP gets
 ECONNABORTED once and loses its peer, so a connected socket can no longer send. But the kernel keeps
 a UDP socket's explicit bind (picking a new port): an unconnected one that sendto()s on, or one that
-connects again, sends from the old alias again. The IPv6 UDP sockets it closed are named in a warning
-(their processes), with the fix: restart the service.
+connects again, sends from the old alias again, and so does a raw or ping socket (`ping -I`), which
+cannot be destroyed. So the unconnected UDP sockets of an alias retire.py keeps confined (its packets
+dropped by the backstop while any datagram socket is bound to it) are *spared*: left bound and hashed,
+where /proc/net lists them (a destroyed one is not, until it sends again); a connected one is still
+destroyed (one whose source was chosen by the route rather than bound loses it, so a reconnect picks
+another). Those left are named in a warning (their processes), with the fix: restart the service.
 
 Destroy needs CONFIG_INET_DIAG_DESTROY (Debian 12's and 13's kernels set it; inet_diag is a module
 they load on first use); without it the kernel answers EOPNOTSUPP and one warning names the fallback.
@@ -49,10 +53,11 @@ def retired(left, desired, keep):
     return sorted(hosts(left) - hosts(desired) - set(keep), key=lambda a: (a.version, a))
 
 
-def close_bound(addresses):
+def close_bound(addresses, spare=()):
     """Destroy every TCP and UDP socket bound to one of *addresses* that no device holds (now, after
-    the run removed them). Returns True when it closed any; logs one line per address it closed on."""
-    held = {ipaddress.ip_address(local or addr) for _index, _fam, _len, _scope, local, addr in nldump.addresses()}
+    the run removed them), but the unconnected UDP sockets of those in *spare* (kept confined: retire.py).
+    Returns True when it closed any; logs one line per address it closed on."""
+    held = held_addresses()
     gone = [a for a in addresses if a not in held]
     if not gone:
         return False
@@ -61,7 +66,9 @@ def close_bound(addresses):
     with DiagSocket() as diag:
         diag.bind()
         found = {a: _bound(diag, a) for a in gone}
-        closed = {a: _close(diag, found[a]) for a in gone}
+        doomed = {a: [(p, m) for p, m in found[a] if not (a in spare and p == socket.IPPROTO_UDP and not m["idiag_dport"])]
+                  for a in gone}
+        closed = {a: _close(diag, doomed[a]) for a in gone}
     for address, count in closed.items():
         if count is None:
             log.warning("cannot close the sockets bound to the retired alias %s: this kernel has no socket destroy "
@@ -70,13 +77,47 @@ def close_bound(addresses):
             continue
         if count:
             log.info("closed %d socket(s) bound to the retired alias %s", count, address)
+        udp = [msg for proto, msg in found[address] if proto == socket.IPPROTO_UDP]
+        kept = bound({address}).get(address) if address in spare else None
+        if kept:
+            log.warning("%d socket(s) are bound to the retired alias %s (%s): kept confined, their packets are dropped "
+                        "until they close (the next run after that removes it); restart the service holding them",
+                        len(kept), address, owners(kept))
         # a destroyed UDP socket is unhashed until it sends again, so a dump cannot tell which rebound: name them all
-        udp = [(proto, msg) for proto, msg in found[address] if proto == socket.IPPROTO_UDP]
-        if udp and address.version == 6:  # IPv4 refuses to send from an address no device holds
+        elif udp and address.version == 6:  # IPv4 refuses to send from an address no device holds
             log.warning("%d UDP socket(s) were bound to the retired alias %s (%s): the kernel keeps an explicit bind, "
                         "so one that sends on without a new connect (sendto) sends from it, by the uplink; "
-                        "restart the service holding them", len(udp), address, _owners(udp))
+                        "restart the service holding them", len(udp), address, owners({m["idiag_inode"] for m in udp}))
     return any(closed.values())
+
+
+# the datagram sockets' tables, by IP version: UDP, raw (ping -I as root), ping sockets
+_TABLES = {4: ("udp", "raw", "icmp"), 6: ("udp6", "raw6", "icmp6")}
+
+
+def bound(addresses):
+    """{address: {socket inode, ...}} of the *addresses* that datagram sockets (UDP, raw, ping) are bound to, as
+    this namespace's /proc/net lists them (a kernel's raw socket diag is often not built; ping sockets have none)."""
+    out = {}
+    for version in sorted({a.version for a in addresses}):
+        for table in _TABLES[version]:
+            with open(f"/proc/net/{table}") as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    local = _listed(fields[1].partition(":")[0])
+                    if local in addresses:
+                        out.setdefault(local, set()).add(int(fields[9]))
+    return out
+
+
+def _listed(hexed):
+    """An address as /proc/net lists it: 32-bit words in host byte order."""
+    return ipaddress.ip_address(b"".join(struct.pack("=I", int(hexed[i:i + 8], 16)) for i in range(0, len(hexed), 8)))
+
+
+def held_addresses():
+    """Every address a device of this namespace holds."""
+    return {ipaddress.ip_address(local or addr) for _index, _fam, _len, _scope, local, addr in nldump.addresses()}
 
 
 def _bound(diag, address):
@@ -125,9 +166,9 @@ def _answer(replies):
     return 0
 
 
-def _owners(bound):
-    """"pid 123 (name)" of the processes holding the sockets in *bound* (found by inode in /proc), or their inodes."""
-    inodes = {f"socket:[{msg['idiag_inode']}]" for _proto, msg in bound}
+def owners(inodes):
+    """"pid 123 (name)" of the processes holding the sockets of *inodes* (found in /proc), or their inodes."""
+    inodes = {f"socket:[{inode}]" for inode in inodes}
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

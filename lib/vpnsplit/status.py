@@ -1,7 +1,7 @@
 """`vpnsplit status` and `check`: what should be in the kernel according to the records, what
 is, and the difference, per tunnel and for the default VPN; and its text for people."""
 
-from vpnsplit import bridge, default_vpn, dns, owned, plan, sysctl
+from vpnsplit import bridge, default_vpn, dns, owned, plan, retire, sysctl
 from vpnsplit.errors import InputError
 
 
@@ -53,6 +53,9 @@ def status(kernel, statedir, tunnel):
         raise InputError(record.damage)
     lease = record.lease
     desired = plan.plan_up(tunnel, lease) if lease else plan.plan_down(tunnel)
+    # a retired alias kept confined while sockets are bound to it (retire.py) is wanted until they close
+    confined = retire.explained(_retired(record.applied))
+    desired |= plan.State(nft=frozenset(confined))
     current, foreign, (intact, _) = kernel.observe(tunnel)
     objects, stale, problems = compared(desired, current)
     # no record and nothing of the tunnel's in the kernel: not applied yet, which is no drift
@@ -117,6 +120,7 @@ def status(kernel, statedir, tunnel):
         "forwarding6_per_device": sysctl.per_device6() if ipv6 else None,
         "stale": stale,
         "orphans": orphans,
+        "confined": sorted(confined.values()),
         # per-app tunnels: the mark, and each cgroup with its processes now (cgroups.report)
         "apps": programs,
         "in_sync": not problems,
@@ -129,7 +133,8 @@ def gone_status(kernel, statedir, name):
     applied and the kernel still holds, the forwarding it switched on; all of it drift until removed."""
     record = statedir.record(name)
     held = kernel.present(owned.leftovers(record.applied or plan.State(), plan.State(), statedir.applied_elsewhere(name)))
-    orphans = [str(o) for o in held.objects()]
+    confined = retire.explained(_retired(held))
+    orphans = [str(o) for o in held.objects() if o not in confined]
     fix = f"vpnsplit down {name} (or vpnsplit up --all)"
     problems = [f"orphaned: {o} (its section is gone; {fix} removes it)" for o in orphans]
     problems += [f"orphaned: {sysctl.SWITCH_NAME[v]} on {dev}, switched on for it (its section is gone; {fix} switches it off)"
@@ -137,10 +142,18 @@ def gone_status(kernel, statedir, name):
     if record.damage or record.applied is None:
         problems.append(record.damage or f"its record predates ownership by record and does not say what vpnsplit applied; "
                         f"{fix} removes the record only")
+    waiting = not problems and bool(confined)  # only retired aliases kept confined: no run would change a thing
     return {"tunnel": name, "state": "gone", "device": record.lease.device if record.lease else None,
             "applied": owned.describe(record.applied or plan.State()), "orphans": orphans,
+            "confined": sorted(confined.values()),
             "forwarding_switched": {sysctl.SWITCH[v]: sorted(devs) for v, devs in record.forwarding.items() if devs},
-            "in_sync": False, "problems": problems or [f"its record is left ({fix} removes it)"], "fix": fix}
+            "in_sync": waiting, "problems": problems or ([] if waiting else [f"its record is left ({fix} removes it)"]),
+            "fix": fix}
+
+
+def _retired(state):
+    """The retired aliases kept confined (retire.Retired) that *state* (a record's, or None) holds."""
+    return {e for e in (state or plan.State()).nft if isinstance(e, retire.Retired)}
 
 
 def describe_gone(r):
@@ -148,7 +161,8 @@ def describe_gone(r):
     lines = [f"{r['tunnel']}: gone from the config; its record says vpnsplit applied {r['applied']}"]
     lines += [f"  ORPHAN   {o}" for o in r["orphans"]]
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith("orphaned: ") or "switched on" in p]
-    return "\n".join(lines + [f"  DRIFT: run {r['fix']}"])
+    lines += [f"  NOTE     {c}" for c in r["confined"]]
+    return "\n".join(lines + [f"  {'in sync' if r['in_sync'] else 'DRIFT: run ' + r['fix']}"])
 
 
 def _objects(r, absent="MISSING"):
@@ -204,6 +218,7 @@ def describe(r):
         lines.append("  IPv6 forwarding (net.ipv6.conf.all.forwarding): off: IPv6 sources are not forwarded; set it to 1 "
                      "(this kernel has no per-device force_forwarding, Linux 6.17+)")
     lines += [f"  PROBLEM  {p}" for p in r["problems"] if not p.startswith(("missing:", "stale:", "orphaned:"))]
+    lines += [f"  NOTE     {c}" for c in r["confined"]]
     # both work whatever the device: up on an absent device applies the down state
     fix = f"vpnsplit {'up' if r['state'] == 'up' else 'down'} {r['tunnel']}"
     lines.append(f"  {'in sync' if r['in_sync'] else 'DRIFT: run ' + fix}")
