@@ -25,12 +25,14 @@ and, against no copy at all, for an empty base chain: the floor any backstop pay
 
 import re
 import statistics
+import time
 
 from bench import packet
 from bench.core import PY, REPO
 
 SENDCOST = REPO / "bench/sendcost.py"
 SINK_PORT, DATAGRAMS, COPIES, AMPLIFIED_DATAGRAMS = 9999, 100_000, 50, 20_000
+SETTLE = 0.2  # s after a change of the chains, so that the commit's deferred work (RCU) does not meet the next sample
 UNCONFINED = "198.51.100.2"  # on the client's lo: confined by no tunnel, routed into the default VPN
 TABLE = "inet vpnsplit"
 # the base chain's rules of the layout before (main at 659101a): loopback and link scope on every packet's way
@@ -72,6 +74,7 @@ class Scene:
             script += [f"add rule {TABLE} bench{i} {r}" for r in rules]
         self.nft("\n".join(script) + "\n" + (self.listing if state == "backstop" else ""))
         self.state = (state, tuple(rules), copies)
+        time.sleep(SETTLE)
 
     def packets_per_connection(self, seconds=0.5):
         """How many packets the client sends per connection (each meets the backstop): a counter chain, untimed."""
