@@ -81,6 +81,9 @@ def _backstop(b):
             "backstop_connections_table": table(b["connections"], "conn/s", digits=0),
             "backstop_cpu_table": table(b["cpu_per_connection"], "CPU µs", digits=2),
             "backstop_datagram_table": table(b["cpu_per_datagram"], "CPU ns", digits=0),
+            "copies": b["checks"]["copies"], "backstop_rules": "\n".join(f"    {r}" for r in b["checks"]["backstop rules"]),
+            "per_connection": b["checks"]["packets the client sends per connection"],
+            "backstop_amplified_table": table(b["amplified"], "CPU ns", digits=0),
             "backstop_derived": derived(b, 3), "backstop_commands": commands(b["commands"])}
 
 

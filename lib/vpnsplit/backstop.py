@@ -13,20 +13,19 @@ the original source, and it sees forwarded `sources` as well as the host's own p
     (the same for IPv6)
     chain backstop { type filter hook postrouting priority 90;
         ip saddr . oifname @confine_host4 accept   # the usual packet: an alias or tunnel address, out its tunnel
-        oifname "lo" accept
         ip saddr @confine_src4 jump confine4       # any other from a confined source
-        jump link_scope
-        jump killswitch }
+        jump killswitch }                          # the rest: empty unless the default VPN is on
     chain confine4 {
         ip saddr . oifname @confine_out4 accept
         ip saddr . ip daddr @confine_to4 accept
-        jump link_scope
+        oifname "lo" accept; jump link_scope       # LOCAL: what never leaves the host or its links
         drop }
     chain link_scope { <multicast, link-local, broadcast, ND/MLD> accept }
     chain client_names { type route hook output priority -151;   # the VPN servers' names (KillSwitch.names)
         udp dport 53 @th,160,128 <vpn.example.com on the wire> meta mark set meta mark | 0x20000000 }
     chain killswitch {                   # empty unless the default VPN is on with strict (KillSwitch)
         oifname "vpn0" accept            # its tunnel
+        oifname "lo" accept; jump link_scope
         meta mark & 0x20000000 != 0 accept   # CLIENT_MARK: the VPN clients' own packets
         ct mark & 0x10000000 != 0 accept     # REPLY_MARK: replies of connections from outside
         <DHCP, DHCPv6> accept
@@ -34,20 +33,19 @@ the original source, and it sees forwarded `sources` as well as the host's own p
         ip daddr @direct4 accept
         drop }
 
-Why this shape (BENCHMARKS.md part 8): a lookup in a set of concatenated intervals (pipapo) costs
-far more than any other rule here (measured ~0.6 us per packet: its AVX2 path saves and restores
-the sender's FPU state), so the hosts, which are most packets, sit in a hash set, and the interval
-sets are asked only for a confined source that missed it: an unconfined packet never meets them.
+Why this shape (BENCHMARKS.md part 8, each rule's cost measured there): the usual packet meets one
+rule, a lookup in a hash set of concatenations (~0.15 us); a lookup in a set of concatenated
+intervals (pipapo) costs twice that, so the hosts, which are most packets, sit in the hash set and
+the interval sets are asked only for a confined source that missed it. An unconfined packet meets
+the two source lookups only: loopback and link scope are accepted in the chains that would drop
+(confine, kill switch), not on everyone's way (they cost it ~0.2 us).
 
 Entries are NamedTuples like plan's; nat.py stores them (`elements`) and reads them back (`entries`).
+The kill switch's and the server names' rules are rendered in backstopnat.py.
 """
 
 import ipaddress
 from typing import NamedTuple
-
-# CLIENT_MARK: the VPN clients' own packets (WireGuard FwMark, OpenVPN --mark): rule 31990 sends
-# them to main and the kill switch lets them out, whatever the server address
-from vpnsplit.marks import CLIENT_MARK, REPLY_MARK
 
 CHAIN, KILLSWITCH, CLIENT_NAMES, LINK_SCOPE = "backstop", "killswitch", "client_names", "link_scope"
 CONFINE = {4: "confine4", 6: "confine6"}
@@ -193,8 +191,8 @@ _ND = ["mld-listener-query", "mld-listener-report", "mld-listener-done", "nd-rou
        "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect", "mld2-listener-report"]
 
 
-def _marked(key, mark):
-    return _is({"&": [key, mark]}, 0, "!=")
+# what never leaves the host or its links, which every drop of the backstop lets through
+LOCAL = [[_is(_OIF, "lo"), {"accept": None}], [{"jump": {"target": LINK_SCOPE}}]]
 
 
 def chains():
@@ -205,76 +203,20 @@ def chains():
         [_is(_payload("ip6", "daddr"), _nets("fe80::/10", "ff00::/8")), {"accept": None}],
         [_is(_payload("icmpv6", "type"), {"set": _ND}), {"accept": None}],
     ]}
-    # the usual packet first, so that it meets one rule: a host (alias, tunnel address) out its tunnel
+    # the usual packet first, so that it meets one rule: a host (alias, tunnel address) out its tunnel;
+    # an unconfined one meets two lookups and the kill switch chain (empty without the default VPN)
     main = [[_is({"concat": [_payload(PROTO[fam], "saddr"), _OIF]}, f"@confine_host{fam}"), {"accept": None}] for fam in (4, 6)]
-    main.append([_is(_OIF, "lo"), {"accept": None}])
     for fam in (4, 6):
         saddr, daddr = _payload(PROTO[fam], "saddr"), _payload(PROTO[fam], "daddr")
         out[CONFINE[fam]] = [
             [_is({"concat": [saddr, _OIF]}, f"@confine_out{fam}"), {"accept": None}],
             [_is({"concat": [saddr, daddr]}, f"@confine_to{fam}"), {"accept": None}],
-            [{"jump": {"target": LINK_SCOPE}}],
+            *LOCAL,
             [{"drop": None}],
         ]
         main.append([_is(saddr, f"@confine_src{fam}"), {"jump": {"target": CONFINE[fam]}}])
-    out[CHAIN] = main + [[{"jump": {"target": LINK_SCOPE}}], [{"jump": {"target": KILLSWITCH}}]]
+    out[CHAIN] = main + [[{"jump": {"target": KILLSWITCH}}]]
     return out
-
-
-def killswitch_rules(device):
-    ct, meta = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
-    def udp(sport, dport):
-        return [_is(_payload("udp", "sport"), sport), _is(_payload("udp", "dport"), dport), {"accept": None}]
-
-    return [
-        [_is(_OIF, device), {"accept": None}],
-        [_marked(meta, CLIENT_MARK), {"accept": None}],
-        [_marked(ct, REPLY_MARK), {"accept": None}],
-        udp(68, 67),
-        udp(546, 547),
-        # DNS goes to the tunnel's resolvers (the default VPN's DNS redirect), never in the clear
-        [_is({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]}),
-         _is({"payload": {"protocol": "th", "field": "dport"}}, 53), {"drop": None}],
-        [_is(_payload("ip", "daddr"), "@direct4"), {"accept": None}],
-        [_is(_payload("ip6", "daddr"), "@direct6"), {"accept": None}],
-        [{"drop": None}],
-    ]
-
-
-# The query's name on the wire starts after the UDP header (8 bytes) and the DNS header (12).
-QNAME_OFFSET = 160
-_MARK = {"meta": {"key": "mark"}}
-
-
-def name_rule(name):
-    """`udp dport 53 @th,160,128 ... meta mark set meta mark | CLIENT_MARK comment NAME`: a query
-    for exactly NAME (its wire form ends with the root label, so no longer name matches). The name
-    is compared in 16-byte pieces, the most nft compares at once, written as nft lists them."""
-    wire = b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
-    expr = [_is(_payload("udp", "dport"), 53)]
-    for at in range(0, len(wire), 16):
-        piece = wire[at:at + 16]
-        value = int.from_bytes(piece, "big")
-        expr.append(_is({"payload": {"base": "th", "offset": QNAME_OFFSET + 8 * at, "len": 8 * len(piece)}},
-                        f"{value:#x}" if len(piece) > 8 else value))
-    return expr + [{"mangle": {"key": _MARK, "value": {"|": [_MARK, CLIENT_MARK]}}}]
-
-
-def killswitch_chains(entry):
-    """chain name -> rules, for the kill switch chain and the server names' route chain."""
-    return {KILLSWITCH: killswitch_rules(entry.device), CLIENT_NAMES: [name_rule(n) for n in entry.names]}
-
-
-def killswitch_from(rules, comments):
-    """The KillSwitch that the kill switch chain's and the names chain's *rules* stand for, or None.
-    *comments*: the names chain's rule comments (each rule names its server)."""
-    if not rules[KILLSWITCH]:
-        return None
-    first = rules[KILLSWITCH][0][0].get("match", {})
-    device = first.get("right") if first.get("left") == _OIF else None
-    entry = KillSwitch(device, tuple(comments)) if isinstance(device, str) else None
-    held = {n: rules.get(n, []) for n in (KILLSWITCH, CLIENT_NAMES)}
-    return entry if entry and held == killswitch_chains(entry) else None
 
 
 def elements(entry):
