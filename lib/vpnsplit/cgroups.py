@@ -10,6 +10,7 @@ program's children stay below, and so inside the tunnel. cgroup2 is found where 
 import logging
 import os
 import pwd
+import re
 import sys
 
 from vpnsplit import apps, bpf
@@ -51,6 +52,25 @@ def app_cgroup(top, name):
     return os.path.join(top, "vpnsplit", name)
 
 
+def scope_name(name, pid):
+    """The transient scope of `vpnsplit run NAME` (process *pid*) where systemd is PID 1."""
+    return f"vpnsplit-{name}-{pid}.scope"
+
+
+def run_cgroups(top, name):
+    """(what, cgroup directory or None) of `vpnsplit run NAME`'s programs: each of its scopes where systemd
+    is PID 1 (system.slice/vpnsplit-NAME-PID.scope; the pattern cannot match another tunnel's), else app_cgroup."""
+    if not systemd_booted():
+        return [("vpnsplit run", app_cgroup(top, name))]
+    where = os.path.join(top, "system.slice")
+    pattern = re.compile(rf"vpnsplit-{re.escape(name)}-\d+\.scope")  # scope_name's
+    try:
+        scopes = sorted(entry for entry in os.listdir(where) if pattern.fullmatch(entry))
+    except OSError:
+        scopes = []
+    return [(f"vpnsplit run {scope}", os.path.join(where, scope)) for scope in scopes] or [("vpnsplit run", None)]
+
+
 def processes(path):
     """How many processes the cgroup *path* and those below it hold now (None: no such cgroup)."""
     if not os.path.isdir(path):
@@ -86,7 +106,7 @@ def scope_argv(tunnel, config_path, user, command):
     """`systemd-run --scope` re-running vpnsplit inside the new scope, which attaches and execs *command*."""
     inner = [sys.executable, "-I", "-m", "vpnsplit", "run", "--config", config_path, "--in-scope"]
     inner += ["--user", user.pw_name] if user else []
-    return ["systemd-run", "--scope", "--quiet", "--collect", f"--unit=vpnsplit-{tunnel.name}-{os.getpid()}",
+    return ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={scope_name(tunnel.name, os.getpid())}",
             f"--description=vpnsplit run {tunnel.name}", "--", *inner, tunnel.name, "--", *command]
 
 
@@ -116,11 +136,11 @@ def start(tunnel, user, command, in_scope=False):
 
 def configured(tunnel, top):
     """(what the config says, its cgroup directory or None while absent) for each of *tunnel*'s
-    `cgroups` and `units`, and `vpnsplit run`'s cgroup. A unit is the cgroup whose path ends with it."""
+    `cgroups` and `units`, and `vpnsplit run`'s cgroups. A unit is the cgroup whose path ends with it."""
     out = [(f"cgroup {c}", os.path.join(top, c)) for c in tunnel.cgroups]
     found = find_units(top, tunnel.units)
     out += [(f"unit {u}", found.get(u)) for u in tunnel.units]
-    out.append(("vpnsplit run", app_cgroup(top, tunnel.name)))
+    out += run_cgroups(top, tunnel.name)
     return [(what, path if path and os.path.isdir(path) else None) for what, path in out]
 
 
@@ -149,7 +169,7 @@ def cover(tunnel):
     done = []
     for what, path in targets:
         if path is None:
-            if what != "vpnsplit run":
+            if not what.startswith("vpnsplit run"):
                 log.info("tunnel %s: %s does not exist now: covered when it starts (vpnsplit attach)", tunnel.name, what)
             continue
         try:
@@ -230,7 +250,7 @@ def report(tunnel):
             except OSError:
                 pass  # asking needs CAP_SYS_ADMIN
         out["cgroups"].append({"what": what, "path": path, "processes": processes(path) if path else None, "attached": attached})
-        if attached is False and what != "vpnsplit run":
+        if attached is False and not what.startswith("vpnsplit run"):
             out["problems"].append(f"{what} runs without the tunnel's mark program: vpnsplit up {tunnel.name} attaches it")
     return out
 

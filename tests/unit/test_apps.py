@@ -121,6 +121,20 @@ def test_systemd_scope_reruns_vpnsplit_inside_it():
 
 
 
+def test_status_finds_each_scope_of_vpnsplit_run_and_only_its_tunnels(tmp_path, monkeypatch):
+    top = tmp_path / "cgroup"
+    for scope in ("vpnsplit-p-12.scope", "vpnsplit-p-2-13.scope", "vpnsplit-p-x.scope", "cron.service"):
+        (top / "system.slice" / scope).mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "systemd_booted", lambda: True)
+    monkeypatch.setattr(cgroups.os, "getpid", lambda: 12)
+    assert "--unit=vpnsplit-p-12.scope" in cgroups.scope_argv(tunnel(app_slot=3), "/etc/vpnsplit/vpnsplit.toml", None, ["x"])
+    assert cgroups.run_cgroups(str(top), "p") == [("vpnsplit run vpnsplit-p-12.scope", str(top / "system.slice/vpnsplit-p-12.scope"))]
+    assert [what for what, _ in cgroups.run_cgroups(str(top), "p-2")] == ["vpnsplit run vpnsplit-p-2-13.scope"]  # tunnel p-2's
+    assert cgroups.run_cgroups(str(top), "other") == [("vpnsplit run", None)]
+    monkeypatch.setattr(cgroups, "systemd_booted", lambda: False)
+    assert cgroups.run_cgroups(str(top), "p") == [("vpnsplit run", str(top / "vpnsplit/p"))]
+
+
 def test_the_apps_chain_as_nftables_1_1_lists_it_is_intact():
     """Debian 13's nftables 1.1.3 lists the lan rules' mask (a concatenation looked up in an interval
     set) byte-swapped, its bytecode being right; Debian 12's 1.0.6 lists it as loaded. Both are the
