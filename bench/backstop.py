@@ -20,7 +20,9 @@ also measured amplified: the backstop chain flushed and COPIES more base chains 
 every copy), against as many empty ones; the difference per datagram / COPIES is what the rules
 cost one packet on that path. The same for the rules before this layout (BEFORE), for an address
 no tunnel confines (the host's ordinary traffic) with and without the default VPN's kill switch,
-and, against no copy at all, for an empty base chain: the floor any backstop pays.
+and, against no copy at all, for an empty base chain: the floor any backstop pays. Likewise for a
+packet the client receives (sent by the server to 10.8.0.2, dropped after the client's prerouting):
+the rules of vpnsplit's app_replies chain copied into base chains on prerouting (priority mangle).
 """
 
 import re
@@ -38,6 +40,11 @@ TABLE = "inet vpnsplit"
 # the base chain's rules of the layout before (main at 659101a): loopback and link scope on every packet's way
 BEFORE = ["ip saddr . oifname @confine_host4 accept", "ip6 saddr . oifname @confine_host6 accept", 'oifname "lo" accept',
           "ip saddr @confine_src4 jump confine4", "ip6 saddr @confine_src6 jump confine6", "jump link_scope", "jump killswitch"]
+# app_replies's rules as merge5 (d9bc75c) listed them: the interface name tested first on every received packet
+APP_REPLIES_BEFORE = ["ct mark & 0x8f000000 != 0x00000000 meta mark 0x00000000 meta mark set ct mark & 0x8f000000",
+                      'iifname != "lo" ip daddr 127.0.0.0/8 drop']
+RECEIVED = packet.PEER  # the server's end: it sends to the client's 10.8.0.2, which the client receives
+POSTROUTING, PREROUTING = "postrouting priority 90", "prerouting priority mangle"  # where a path's copies go
 NO_KILLSWITCH = "bench_no_killswitch"  # an empty regular chain: the kill switch chain as it is without the default VPN
 
 VARIANTS = {"backstop": "with the backstop", "without": "backstop chain flushed"}
@@ -51,29 +58,35 @@ class Scene:
         env = {"VPNSPLIT_CONFIG": str(pair.client.config), "VPNSPLIT_STATE_DIR": str(pair.client.state_dir)}
         pair.client.call([PY, "-I", "-m", "vpnsplit", "default", "vpn"], env=env)
         pair.client.ip("address", "add", f"{UNCONFINED}/32", "dev", "lo")
-        pair.server.call(["nft", "-f", "-"], input="table inet sink { chain c { type filter hook prerouting priority -400; "
-                                                   f"udp dport {SINK_PORT} drop; }}; }}\n")
+        for ns, prio in ((pair.server, -400), (pair.client, -100)):  # the client's after conntrack and the copies
+            ns.call(["nft", "-f", "-"], input=f"table inet sink {{ chain c {{ type filter hook prerouting priority {prio}; "
+                                              f"udp dport {SINK_PORT} drop; }}; }}\n")
         self.listing = self.nft(f"list chain {TABLE} backstop")
-        self.rules = [line.strip() for line in self.listing.splitlines()[3:] if line.strip() not in ("", "}")]
+        self.rules = self.chain_rules("backstop")
+        self.app_replies = self.chain_rules("app_replies")
         self.nft(f"add chain {TABLE} {NO_KILLSWITCH}")
         self.state = None
 
     def nft(self, script):
         return self.pair.client.call(["nft", "-f", "-"], input=script + "\n").stdout
 
-    def set(self, state, rules=(), copies=0):
+    def chain_rules(self, chain):
+        listing = self.nft(f"list chain {TABLE} {chain}")
+        return [line.strip() for line in listing.splitlines()[3:] if line.strip() not in ("", "}")]
+
+    def set(self, state, rules=(), copies=0, hook=POSTROUTING):
         """The backstop chain as vpnsplit left it (*state* "backstop") or flushed, plus *copies* base chains
-        holding *rules*; nothing is written if the state is already so."""
-        if self.state == (state, tuple(rules), copies):
+        on *hook* holding *rules*; nothing is written if the state is already so."""
+        if self.state == (state, tuple(rules), copies, hook):
             return
         script = [f"flush chain {TABLE} backstop"]
         for i in range(COPIES):
             script += [f"add chain {TABLE} bench{i}", f"flush chain {TABLE} bench{i}", f"delete chain {TABLE} bench{i}"]
         for i in range(copies):
-            script.append(f"add chain {TABLE} bench{i} {{ type filter hook postrouting priority 90; policy accept; }}")
+            script.append(f"add chain {TABLE} bench{i} {{ type filter hook {hook}; policy accept; }}")
             script += [f"add rule {TABLE} bench{i} {r}" for r in rules]
         self.nft("\n".join(script) + "\n" + (self.listing if state == "backstop" else ""))
-        self.state = (state, tuple(rules), copies)
+        self.state = (state, tuple(rules), copies, hook)
         time.sleep(SETTLE)
 
     def packets_per_connection(self, seconds=0.5):
@@ -86,7 +99,9 @@ class Scene:
         return counted / n
 
     def sendcost(self, src=packet.ALIAS, count=DATAGRAMS):
-        out = self.pair.client.call([PY, "-I", SENDCOST, src, packet.SERVER, str(SINK_PORT), str(count)])
+        """CPU ns per datagram from *src*: the client's to the server, or RECEIVED: the server's to the client."""
+        ns, dst = (self.pair.server, packet.LOCAL) if src == RECEIVED else (self.pair.client, packet.SERVER)
+        out = ns.call([PY, "-I", SENDCOST, src, dst, str(SINK_PORT), str(count)])
         return float(out.stdout)
 
     def close(self):
@@ -104,10 +119,14 @@ def _amplified(scene, runs, budget):
         "unconfined, default VPN": (UNCONFINED, ours, COPIES), "unconfined, default VPN, before": (UNCONFINED, BEFORE, COPIES),
         "unconfined, no default VPN": (UNCONFINED, no_ks, COPIES),
         "unconfined, no default VPN, before": (UNCONFINED, before_no_ks, COPIES),
+        "received, none": (RECEIVED, (), 0), "received, empty": (RECEIVED, (), COPIES),
+        "received, app_replies": (RECEIVED, scene.app_replies, COPIES),
+        "received, app_replies, before": (RECEIVED, APP_REPLIES_BEFORE, COPIES),
     }
+    base = {packet.ALIAS: "empty", UNCONFINED: "empty, unconfined", RECEIVED: "received, empty"}
 
     def sample(src, rules, copies):
-        scene.set("without", rules, copies)
+        scene.set("without", rules, copies, PREROUTING if src == RECEIVED else POSTROUTING)
         return scene.sendcost(src, AMPLIFIED_DATAGRAMS)
 
     raw = packet.interleave_calls({k: (lambda v=v: sample(*v)) for k, v in paths.items()}, runs, budget)
@@ -116,9 +135,9 @@ def _amplified(scene, runs, budget):
     def per_packet(label, base):
         return statistics.median((a - b) / COPIES for a, b in zip(raw[label], raw[base]))
 
-    ns = {f"ns per packet, {k}": per_packet(k, "empty" if v[0] == packet.ALIAS else "empty, unconfined")
-          for k, v in paths.items() if v[2] and v[1]}
+    ns = {f"ns per packet, {k}": per_packet(k, base[v[0]]) for k, v in paths.items() if v[2] and v[1]}
     ns["ns per packet, an empty base chain on postrouting (the floor)"] = per_packet("empty", "none")
+    ns["ns per packet, an empty base chain on prerouting (the received floor)"] = per_packet("received, empty", "received, none")
     return packet.sample_stats(raw), ns
 
 
@@ -154,6 +173,7 @@ def run(runs=5, conn_runs=9, send_runs=15, seconds=3, conn_seconds=1, budget=150
         "cpu_per_datagram": send,
         "amplified": amplified,
         "checks": {"backstop chain lines listed": states, "backstop rules": scene.rules, "copies": COPIES,
+                   "app_replies rules": scene.app_replies,
                    "packets the client sends per connection": per_connection},
         "derived": {
             "throughput with / without the backstop": t["backstop"] / t["without"],
@@ -169,7 +189,10 @@ def run(runs=5, conn_runs=9, send_runs=15, seconds=3, conn_seconds=1, budget=150
         "commands": {"without (untimed set-up)": "ip netns exec CLIENT nft flush chain inet vpnsplit backstop",
                      "datagrams": f"ip netns exec CLIENT python3 bench/sendcost.py 10.200.0.1|{UNCONFINED} {packet.SERVER} {SINK_PORT} "
                                   f"{DATAGRAMS}|{AMPLIFIED_DATAGRAMS}",
+                     "received": f"ip netns exec SERVER python3 bench/sendcost.py {RECEIVED} {packet.LOCAL} {SINK_PORT} "
+                                 f"{AMPLIFIED_DATAGRAMS}",
                      "amplified (untimed set-up)": f"ip netns exec CLIENT nft add chain inet vpnsplit benchI '{{ type filter hook "
-                                                   f"postrouting priority 90; }}' (I < {COPIES}), each with the rules of the path",
+                                                   f"postrouting priority 90; }}' (I < {COPIES}), each with the rules of the path; "
+                                                   "for a received packet: prerouting priority mangle",
                      "default VPN (untimed set-up)": "ip netns exec CLIENT vpnsplit default vpn"},
     }

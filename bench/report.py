@@ -74,6 +74,11 @@ def _dns(d):
     return {"block": d["block"], "dns_table": "\n".join(rows), "dns_derived": derived(d, 3), "dns_commands": commands(d["commands"])}
 
 
+def _app_replies(d):
+    cost, floor = d.get("ns per packet, received, app_replies"), d.get("ns per packet, an empty base chain on prerouting (the received floor)")
+    return "not measured in this run" if cost is None else f"{cost:.0f} ns, floor {floor:.0f} ns"
+
+
 def _backstop(b):
     lines = b["checks"]["backstop chain lines listed"]
     return {"rules_with": lines["backstop"], "rules_without": lines["without"], "conn_seconds": b["conn_seconds"],
@@ -84,6 +89,7 @@ def _backstop(b):
             "copies": b["checks"]["copies"], "backstop_rules": "\n".join(f"    {r}" for r in b["checks"]["backstop rules"]),
             "per_connection": b["checks"]["packets the client sends per connection"],
             "backstop_amplified_table": table(b["amplified"], "CPU ns", digits=0),
+            "app_replies": _app_replies(b["derived"]),
             "backstop_derived": derived(b, 3), "backstop_commands": commands(b["commands"])}
 
 
