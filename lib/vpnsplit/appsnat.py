@@ -19,7 +19,7 @@ While a tunnel is up (apps.AppSnat; vpn0 its device, 10.8.0.2 its address):
         meta nfproto ipv4 snat ip to meta mark & 0x8f000000 . oifname map @app_snat4 }
     chain app_replies { type filter hook prerouting priority mangle;
         ct mark & 0x8f000000 != 0 meta mark 0 meta mark set ct mark & 0x8f000000
-        iifname != "lo" ip daddr 127.0.0.0/8 drop }                # before de-NAT: only from the wire
+        ip daddr 127.0.0.0/8 iifname != "lo" drop }                # before de-NAT: only from the wire
     (the same for IPv6)
 
 A socket bound to another address of the host (the uplink's, the LAN's) still carries the mark, so
@@ -141,9 +141,10 @@ class AppSnatKind(ElementKind):
         [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4" if f == 4 else "ipv6"}},
          {"snat": {"family": NFPROTO[f], "addr": {"map": {"key": {"concat": [_masked(), OIFNAME]}, "data": f"@app_snat{f}"}}}}]
         for f in (4, 6)]), "app_replies": ("filter", "prerouting", MANGLE_PRIORITY, [_copy(_META, _CT), [
-            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+            # every received packet walks this chain: each rule's cheapest test that fails for most packets first
             {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                       "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}, {"drop": None}]])}
+                       "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"drop": None}]])}
 
     def elements(self, e):
         return [(f"app_snat{e.family}", [{"concat": [e.mark, e.device]}, e.to])]
