@@ -40,7 +40,7 @@ TABLE = "inet vpnsplit"
 # the base chain's rules of the layout before (main at 659101a): loopback and link scope on every packet's way
 BEFORE = ["ip saddr . oifname @confine_host4 accept", "ip6 saddr . oifname @confine_host6 accept", 'oifname "lo" accept',
           "ip saddr @confine_src4 jump confine4", "ip6 saddr @confine_src6 jump confine6", "jump link_scope", "jump killswitch"]
-# app_replies's rules as merge5 (d9bc75c) listed them: the interface name tested first on every received packet
+# app_replies's rules in their first order: the interface name tested first on every received packet
 APP_REPLIES_BEFORE = ["ct mark & 0x8f000000 != 0x00000000 meta mark 0x00000000 meta mark set ct mark & 0x8f000000",
                       'iifname != "lo" ip daddr 127.0.0.0/8 drop']
 RECEIVED = packet.PEER  # the server's end: it sends to the client's 10.8.0.2, which the client receives
