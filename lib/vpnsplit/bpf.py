@@ -17,6 +17,7 @@ import ctypes
 import os
 import struct
 
+from vpnsplit import libc
 from vpnsplit.errors import KernelError
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "armv6l": 386, "i686": 357, "i386": 357,
@@ -28,17 +29,6 @@ F_ALLOW_MULTI = 2
 MARK_OFFSET = 16  # offsetof(struct bpf_sock, mark)
 NAME_PREFIX = "vpnsplit_app"
 ATTR_SIZE = 128  # larger than every union bpf_attr member used here; the kernel wants the tail zeroed
-
-_libc = []  # loaded on first use: most runs never ask
-
-
-def _syscall():
-    if not _libc:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        _libc.append(libc)
-    return _libc[0].syscall
-
 
 def _insn(code, dst=0, src=0, off=0, imm=0):
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
@@ -60,10 +50,7 @@ def _bpf(cmd, attr):
     if number is None:
         raise KernelError(f"per-app tunnels: the bpf(2) syscall number of {os.uname().machine} is not known to vpnsplit")
     buf = ctypes.create_string_buffer(bytes(attr).ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
-    rc = _syscall()(number, cmd, buf, ATTR_SIZE)
-    if rc < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return rc, buf
+    return libc.call("syscall", number, cmd, buf, ATTR_SIZE), buf
 
 
 def name_of(slot):

@@ -149,9 +149,26 @@ def find_units(top, units):
     found = {}
     for where, _, _ in os.walk(top) if units else ():
         for unit in units:
-            if unit not in found and (where + "/").endswith("/" + unit + "/"):
+            if unit not in found and is_unit(where, unit):
                 found[unit] = where
     return found
+
+
+def is_unit(path, unit):
+    """Whether the cgroup at *path* is *unit*'s: its path ends with the unit's name (or the `units` entry's path)."""
+    return path == unit or path.endswith("/" + unit)
+
+
+def attach(tunnel, what, path):
+    """Attach *tunnel*'s mark program to the cgroup at *path* (*what* the config calls it). Never fails:
+    a refused attach is a log line, a cgroup gone meanwhile nothing. Whether it attached anew."""
+    try:
+        return bpf.attach(path, apps.mark(tunnel.app_slot), tunnel.app_slot)
+    except FileNotFoundError:
+        return False  # gone again already (a unit stopped)
+    except (KernelError, OSError) as e:
+        log.warning("tunnel %s: %s (%s) not covered: %s", tunnel.name, what, path, e)
+        return False
 
 
 def cover(tunnel):
@@ -172,12 +189,9 @@ def cover(tunnel):
             if not what.startswith("vpnsplit run"):
                 log.info("tunnel %s: %s does not exist now: covered when it starts (vpnsplit attach)", tunnel.name, what)
             continue
-        try:
-            if bpf.attach(path, apps.mark(tunnel.app_slot), tunnel.app_slot):
-                done.append(path)
-                log.info("tunnel %s: %s (%s) now goes through the tunnel", tunnel.name, what, path)
-        except (KernelError, OSError) as e:
-            log.warning("tunnel %s: %s not covered: %s", tunnel.name, what, e)
+        if attach(tunnel, what, path):
+            done.append(path)
+            log.info("tunnel %s: %s (%s) now goes through the tunnel", tunnel.name, what, path)
     return done
 
 

@@ -19,15 +19,14 @@ cgroupfs sends no IN_DELETE_SELF for a removed directory, so a watch is removed 
 reports the rmdir (a stale watch would pin the dead directory's inode).
 """
 
-import ctypes
 import errno
 import logging
 import os
 import struct
 import time
 
-from vpnsplit import apps, bpf, cgroups
-from vpnsplit.errors import InputError, KernelError
+from vpnsplit import cgroups, libc
+from vpnsplit.errors import InputError
 
 log = logging.getLogger("vpnsplit")
 
@@ -36,16 +35,7 @@ IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x4000, 0x8000, 0x01000000, 0x
 MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
 _EVENT = struct.Struct("=iIII")
 
-_libc = []  # loaded on first use: most runs never watch
-
-
-def _call(name, *args):
-    if not _libc:
-        _libc.append(ctypes.CDLL(None, use_errno=True))
-    rc = getattr(_libc[0], name)(*args)
-    if rc < 0:
-        raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
-    return rc
+_call = libc.call
 
 
 class Targets:
@@ -65,7 +55,7 @@ class Targets:
         if rel in self.cgroups:
             return f"cgroup {rel}", self.cgroups[rel]
         for unit, tunnel in self.units.items():
-            if rel == unit or rel.endswith("/" + unit):
+            if cgroups.is_unit(rel, unit):
                 return f"unit {unit}", tunnel
         return None
 
@@ -133,13 +123,7 @@ class CgroupWatch:
             return []
         what, tunnel = found
         path = os.path.join(self.top, rel)
-        try:
-            if not bpf.attach(path, apps.mark(tunnel.app_slot), tunnel.app_slot):
-                return []
-        except FileNotFoundError:
-            return []  # gone again already
-        except (KernelError, OSError) as e:
-            log.warning("tunnel %s: %s (%s) not covered: %s", tunnel.name, what, path, e)
+        if not cgroups.attach(tunnel, what, path):
             return []
         return [(tunnel.name, what, path, time.monotonic() - since, cgroups.processes(path) or 0)]
 

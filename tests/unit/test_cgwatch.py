@@ -41,7 +41,7 @@ def test_targets_watch_ancestors_and_with_units_the_slices():
 @pytest.fixture
 def watch(tmp_path, monkeypatch):
     attached = []
-    monkeypatch.setattr(cgwatch.bpf, "attach", lambda path, mark, slot: attached.append((path, mark)) or True)
+    monkeypatch.setattr(cgwatch.cgroups.bpf, "attach", lambda path, mark, slot: attached.append((path, mark)) or True)
     w = cgwatch.CgroupWatch(str(tmp_path), cgwatch.Targets(CONFIG))
     w.made = attached
     yield w
