@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 
-from vpnsplit import bridge, default_vpn, owned, plan, refusals, retire, sockets, sysctl, transaction
+from vpnsplit import bridge, default_vpn, owned, plan, refusals, retire, sysctl, transaction
 from vpnsplit.config import Tunnel
 from vpnsplit.errors import InputError
 from vpnsplit.netlink import RTN_UNICAST, RTPROT_KERNEL
@@ -147,6 +147,8 @@ def converge(kernel, statedir, targets, default=None, tunnels=(), gone=()):
         claimed = owned.union(statedir.record(n).applied or plan.State() for n in statedir.names() if n not in mine)
         left = owned.leftovers(left, plan.State(), claimed)
         current |= kernel.present(left)
+        from vpnsplit import sockets  # only a run that removes something may retire an alias
+
         configured = tunnels or [t for t, _ in targets]
         keep = _kept(statedir, mine, configured, targets)
         retired = sockets.retired(left, desired, keep)
@@ -222,6 +224,8 @@ def _steps(kernel, d, nat_view, desired, retired=(), spared=()):
     for a in sorted(d.remove.addresses):
         steps.append(Step(f"delete {a}", lambda a=a: nl.del_address(a), lambda a=a: nl.add_address(a)))
     if retired:  # a closed socket cannot be reopened: nothing to undo
+        from vpnsplit import sockets
+
         steps.append(Step(f"close the sockets bound to {', '.join(map(str, retired))}",
                           lambda: sockets.close_bound(retired, spared), lambda: None))
     intact, everything = nat_view

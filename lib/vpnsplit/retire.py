@@ -23,8 +23,6 @@ a source subnet), is never confined this way.
 import ipaddress
 from typing import NamedTuple
 
-from vpnsplit import sockets
-
 
 class Retired(NamedTuple):
     """ADDRESS, once an alias of DEVICE's tunnel, leaves through no device while sockets are bound to it."""
@@ -77,6 +75,8 @@ def kept(tunnels, left, retired, keep, subnets):
     wanted = {name: candidates(applied, left, retired, device) for name, device, applied in tunnels}
     if not any(wanted.values()):
         return {}
+    from vpnsplit import sockets  # a run that retires no alias never needs it
+
     taken = {ipaddress.ip_address(a.address) for a in left.addresses}
     held = sockets.held_addresses() - taken
     bound = sockets.bound({ipaddress.ip_address(e.address) for es in wanted.values() for e in es})
@@ -86,6 +86,8 @@ def kept(tunnels, left, retired, keep, subnets):
 
 def explained(entries):
     """{entry: why it is still there} for each of *entries* (Retired) that sockets are still bound to."""
+    from vpnsplit import sockets
+
     bound = sockets.bound({ipaddress.ip_address(e.address) for e in entries})
     out = {}
     for e in entries:
